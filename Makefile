@@ -1,0 +1,28 @@
+# Every target builds on the project's own virtual environment; nothing is installed by hand.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# The example DAG end to end under a throw-away AIRFLOW_HOME, on the embedded backends.
+demo: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" ./scripts/demo.sh
+
+test: install
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .demo .bench build dist *.egg-info

@@ -1,0 +1,308 @@
+"""The ``cirrus-airflow`` command line: the operators' work without Airflow.
+
+Each subcommand mirrors an operator, prints progress on stderr while it works and a
+short table at the end; ``--json`` puts one JSON object on the last line of stdout
+for scripts. Bad input exits with status 2 and a one-line message, a failed run
+with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from cirrus_airflow.executor import InvocationError, ServerlessExecutor
+from cirrus_airflow.numeric import NORMALIZERS
+from cirrus_airflow.preprocess import FORMATS, PreprocessConfig, PreprocessError, run_preprocess
+from cirrus_airflow.report import format_table
+from cirrus_airflow.storage import Storage, StorageError, join
+from cirrus_airflow.training import OPTIMIZERS, TrainConfig, TrainingError, TrainingJob
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+class _Progress:
+    """A one-line progress bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.tty = sys.stderr.isatty()
+        self.enabled = enabled
+        self._open = False
+
+    def stage(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            filled = int(30 * done / max(1, total))
+            sys.stderr.write(f"\r{stage:<12} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
+            self._open = done < total
+            if not self._open:
+                sys.stderr.write("\n")
+        else:
+            sys.stderr.write(f"{stage}: {done}/{total}\n")
+        sys.stderr.flush()
+
+    def line(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            sys.stderr.write(f"\r{text:<70}")
+            self._open = True
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self._open:
+            sys.stderr.write("\n")
+            self._open = False
+
+
+def _executor(args: argparse.Namespace) -> ServerlessExecutor:
+    from cirrus_airflow.executor import FunctionConfig, LambdaExecutor, LocalLambdaExecutor
+    from cirrus_airflow.executor.lambda_executor import lambda_client_config
+
+    if args.executor == "lambda":
+        import boto3
+
+        client = boto3.client("lambda", config=lambda_client_config(args.worker_timeout))
+        return LambdaExecutor(client, args.function_name, max_concurrency=args.concurrency)
+    function = FunctionConfig(memory_mb=args.worker_memory, timeout_s=args.worker_timeout, concurrency=args.concurrency)
+    return LocalLambdaExecutor(function_name=args.function_name, function=function, max_concurrency=args.concurrency)
+
+
+def _add_executor_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("serverless executor")
+    g.add_argument("--executor", choices=("local", "lambda"), default=os.environ.get("CIRRUS_EXECUTOR", "local"),
+                   help="local: embedded Lambda runtime; lambda: a deployed function (default: %(default)s)")
+    g.add_argument("--function-name", default="cirrus-worker", help="Lambda function to invoke")
+    g.add_argument("--worker-memory", type=int, default=1024, metavar="MB", help="memory of a worker")
+    g.add_argument("--worker-timeout", type=float, default=900.0, metavar="S", help="time limit of one invocation")
+    g.add_argument("--concurrency", type=int, default=8, help="invocations in flight at once")
+
+
+def _preprocess_config(args: argparse.Namespace) -> PreprocessConfig:
+    return PreprocessConfig(
+        inputs=args.input, output=args.output, format=args.format, hash_bits=args.hash_bits,
+        hash_seed=args.hash_seed, log_transform=args.log_counts, normalize=args.normalize,
+        test_fraction=args.test_fraction, split_seed=args.split_seed, workers=args.workers,
+        row_group_rows=args.row_group_rows, max_rejected_fraction=args.max_rejected_fraction,
+    )
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    token = Path(args.ps_token_file).read_text().strip() if args.ps_token_file else None
+    return TrainConfig(
+        data=args.data, output=args.output, model=args.model, workers=args.workers,
+        learning_rate=args.learning_rate, optimizer=args.optimizer, l2=args.l2, minibatch=args.minibatch,
+        epochs=args.epochs, time_budget_s=args.time_budget, seed=args.seed,
+        ps_address=args.ps_address, ps_token=token,
+    )
+
+
+def _run_preprocess(config: PreprocessConfig, args: argparse.Namespace, progress: _Progress) -> dict:
+    config.validate()
+    with _executor(args) as executor:
+        return run_preprocess(config, storage=Storage(), executor=executor, progress=progress.stage)
+
+
+def _run_train(config: TrainConfig, args: argparse.Namespace, progress: _Progress) -> dict:
+    def show(point: dict) -> None:
+        loss = point["train_loss"]
+        progress.line(f"train  t={point['t']:.1f}s  updates={point['updates']:,}  "
+                      f"loss={'n/a' if loss is None else f'{loss:.4f}'}")
+
+    with _executor(args) as executor:
+        job = TrainingJob(config, storage=Storage(), executor=executor, progress=show)
+        try:
+            return job.run()
+        except KeyboardInterrupt:
+            job.cancel()
+            raise
+
+
+def cmd_preprocess(args: argparse.Namespace, progress: _Progress) -> dict:
+    return _run_preprocess(_preprocess_config(args), args, progress)
+
+
+def cmd_train(args: argparse.Namespace, progress: _Progress) -> dict:
+    return _run_train(_train_config(args), args, progress)
+
+
+def cmd_generate(args: argparse.Namespace, progress: _Progress) -> dict:
+    from cirrus_airflow.datasets import write_synthetic_criteo
+
+    progress.line(f"generating {args.rows:,} rows")
+    return write_synthetic_criteo(Storage(), args.output, rows=args.rows, seed=args.seed, dialect=args.dialect)
+
+
+def cmd_demo(args: argparse.Namespace, progress: _Progress) -> dict:
+    """Generate click data, preprocess it and train on it, all on embedded backends."""
+    from cirrus_airflow.datasets import write_synthetic_criteo
+
+    root = args.workdir or tempfile.mkdtemp(prefix="cirrus-demo-")
+    raw = join(root, "raw", "clicks.tsv")
+    progress.line(f"generating {args.rows:,} Criteo-shaped rows in {raw}")
+    write_synthetic_criteo(Storage(), raw, rows=args.rows, seed=args.seed)
+    args.executor = "local"
+    prep = PreprocessConfig(inputs=[raw], output=join(root, "shards"), workers=args.workers)
+    prep_summary = _run_preprocess(prep, args, progress)
+    progress.close()
+    print(format_table(prep_summary), file=sys.stderr)
+    train = TrainConfig(data=join(root, "shards"), output=join(root, "run"), workers=args.workers,
+                        epochs=args.epochs, seed=args.seed)
+    return _run_train(train, args, progress)
+
+
+def cmd_report(args: argparse.Namespace, progress: _Progress) -> dict:
+    try:
+        return json.loads(Storage().read_text(join(args.run, "summary.json")))
+    except StorageError:
+        raise StorageError(f"no summary.json under {args.run}: is it the output of a finished training run?") from None
+
+
+def cmd_ps_serve(args: argparse.Namespace, progress: _Progress) -> None:
+    from ps_service.__main__ import main as ps_main
+
+    forwarded = ["--host", args.host, "--port", str(args.port)]
+    if args.token_file:
+        forwarded += ["--token-file", args.token_file]
+    ps_main(forwarded)
+
+
+def cmd_lambda_serve(args: argparse.Namespace, progress: _Progress) -> None:
+    import signal
+    import threading
+
+    from cirrus_airflow.executor import FunctionConfig, LocalLambdaRuntime
+
+    function = FunctionConfig(memory_mb=args.worker_memory, timeout_s=args.worker_timeout, concurrency=args.concurrency)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with LocalLambdaRuntime({args.function_name: function}, host=args.host, port=args.port) as runtime:
+        print(f"serving function {args.function_name!r} on {runtime.endpoint_url}", flush=True)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cirrus-airflow", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func: Callable, help: str, json_out: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        if json_out:
+            p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+        return p
+
+    p = command("preprocess", cmd_preprocess, "turn raw data into Parquet shards and a manifest")
+    p.add_argument("--input", action="append", required=True, metavar="URI", help="input file or folder (repeatable)")
+    p.add_argument("--output", required=True, metavar="URI", help="output folder")
+    p.add_argument("--format", choices=FORMATS, default="criteo")
+    p.add_argument("--hash-bits", type=int, default=18, metavar="N", help="2**N hashed features")
+    p.add_argument("--hash-seed", type=int, default=0)
+    p.add_argument("--normalize", choices=NORMALIZERS, default="minmax")
+    p.add_argument("--log-counts", action=argparse.BooleanOptionalAction, default=True,
+                   help="log(1+x)-transform numeric columns")
+    p.add_argument("--test-fraction", type=float, default=0.2, metavar="F")
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=4, help="minimum number of parallel splits")
+    p.add_argument("--row-group-rows", type=int, default=4096)
+    p.add_argument("--max-rejected-fraction", type=float, default=0.01)
+    _add_executor_args(p)
+
+    p = command("train", cmd_train, "train a model on preprocessed shards with serverless workers")
+    p.add_argument("--data", required=True, metavar="URI", help="preprocessing output (has _manifest.json)")
+    p.add_argument("--output", required=True, metavar="URI", help="folder for the model and metrics")
+    p.add_argument("--model", choices=("lr",), default="lr")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--learning-rate", type=float, default=0.1)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adagrad")
+    p.add_argument("--l2", type=float, default=0.0)
+    p.add_argument("--minibatch", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--time-budget", type=float, default=None, metavar="S")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ps-address", default=None, metavar="HOST:PORT", help="use this parameter server")
+    p.add_argument("--ps-token-file", default=None, metavar="F", help="file holding that server's token")
+    _add_executor_args(p)
+
+    p = command("generate", cmd_generate, "write a synthetic Criteo-format data set")
+    p.add_argument("--output", required=True, metavar="URI")
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dialect", choices=("tsv", "csv"), default="tsv")
+
+    p = command("demo", cmd_demo, "generate, preprocess and train end to end on embedded backends")
+    p.add_argument("--workdir", default=None, metavar="DIR", help="where to put the data (default: a temp dir)")
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    _add_executor_args(p)
+
+    p = command("report", cmd_report, "show the summary of a finished training run")
+    p.add_argument("run", metavar="URI", help="the training output folder")
+
+    ps = sub.add_parser("ps", help="the parameter server").add_subparsers(dest="ps_command", required=True)
+    p = ps.add_parser("serve", help="run a parameter server in the foreground")
+    p.set_defaults(func=cmd_ps_serve, json=False)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--token-file", default=None, metavar="F", help="clients must prove they know this token")
+
+    lam = sub.add_parser("lambda", help="the embedded Lambda runtime").add_subparsers(dest="lambda_command", required=True)
+    p = lam.add_parser("serve", help="serve the Lambda Invoke API on loopback for the worker bundle")
+    p.set_defaults(func=cmd_lambda_serve, json=False)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--function-name", default="cirrus-worker")
+    p.add_argument("--worker-memory", type=int, default=1024, metavar="MB")
+    p.add_argument("--worker-timeout", type=float, default=900.0, metavar="S")
+    p.add_argument("--concurrency", type=int, default=8)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    progress = _Progress(enabled=not getattr(args, "json", False) or sys.stderr.isatty())
+    try:
+        result: Any = args.func(args, progress)
+    except (ValueError, PreprocessError, StorageError) as exc:
+        progress.close()
+        print(f"cirrus-airflow {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (TrainingError, InvocationError) as exc:
+        progress.close()
+        print(f"cirrus-airflow {args.command}: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        progress.close()
+        print(f"cirrus-airflow {args.command}: interrupted", file=sys.stderr)
+        return 130
+    progress.close()
+    if result is None:
+        return 0
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(format_table(result) if "rows_read" in result or "test_auc" in result else json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Airflow hooks: storage and serverless executors from Airflow connections.
+
+Credentials never pass through this package's own code: S3 and Lambda clients come
+from the Amazon provider's hooks, which read the ``aws_default`` connection
+(``endpoint_url``, ``region_name``, ``role_arn``, ... in its extras) or fall back
+to boto3's credential chain. The embedded local runtime gets the same credentials
+and endpoints as environment variables, the way a Lambda function gets its role's.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+from airflow.providers.amazon.aws.hooks.lambda_function import LambdaHook
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+from airflow.sdk import BaseHook, conf
+
+from cirrus_airflow.executor import FunctionConfig, LambdaExecutor, LocalLambdaExecutor, ServerlessExecutor
+from cirrus_airflow.executor.lambda_executor import lambda_client_config
+from cirrus_airflow.storage import Storage
+
+log = logging.getLogger(__name__)
+
+EXECUTORS = ("local", "lambda")
+
+
+def default_executor() -> str:
+    """The executor when a task names none: ``[cirrus] executor`` (env
+    ``AIRFLOW__CIRRUS__EXECUTOR``), else the embedded ``local`` runtime."""
+    return conf.get("cirrus", "executor", fallback="local")
+
+
+class CirrusHook(BaseHook):
+    """Storage and a serverless executor for one task, from one AWS connection.
+
+    ``executor="lambda"`` invokes a deployed function through the connection;
+    ``executor="local"`` starts the embedded Lambda runtime, whose workers reach S3
+    with the connection's credentials and endpoint.
+    """
+
+    conn_name_attr = "aws_conn_id"
+    default_conn_name = "aws_default"
+    hook_name = "Cirrus serverless"
+
+    def __init__(
+        self,
+        *,
+        aws_conn_id: str | None = "aws_default",
+        executor: str | None = None,
+        function_name: str = "cirrus-worker",
+        worker_memory_mb: int = 1024,
+        worker_timeout_s: float = 900.0,
+        max_concurrency: int = 8,
+    ) -> None:
+        super().__init__()
+        self.aws_conn_id = aws_conn_id
+        self.executor_kind = executor or default_executor()
+        if self.executor_kind not in EXECUTORS:
+            raise ValueError(f"executor must be one of {EXECUTORS}, got {self.executor_kind!r}")
+        self.function_name = function_name
+        self.worker_memory_mb = worker_memory_mb
+        self.worker_timeout_s = worker_timeout_s
+        self.max_concurrency = max_concurrency
+
+    def get_conn(self) -> ServerlessExecutor:
+        return self.get_executor()
+
+    def get_storage(self) -> Storage:
+        return Storage(s3_client_factory=lambda: S3Hook(aws_conn_id=self.aws_conn_id).get_conn())
+
+    def get_executor(self) -> ServerlessExecutor:
+        if self.executor_kind == "lambda":
+            client = LambdaHook(aws_conn_id=self.aws_conn_id, config=lambda_client_config(self.worker_timeout_s)).conn
+            return LambdaExecutor(client, self.function_name, max_concurrency=self.max_concurrency)
+        function = FunctionConfig(
+            memory_mb=self.worker_memory_mb,
+            timeout_s=self.worker_timeout_s,
+            concurrency=self.max_concurrency,
+            environment=self.worker_environment(),
+        )
+        return LocalLambdaExecutor(function_name=self.function_name, function=function,
+                                   max_concurrency=self.max_concurrency)
+
+    def worker_environment(self) -> dict[str, str]:
+        """What the local runtime's workers need to reach S3 as this connection does."""
+        hook = AwsBaseHook(aws_conn_id=self.aws_conn_id, client_type="s3")
+        env: dict[str, str] = {}
+        region = hook.conn_region_name
+        if region:
+            env["AWS_DEFAULT_REGION"] = region
+        endpoint = hook.conn_config.get_service_endpoint_url("s3")
+        if endpoint:
+            env["AWS_ENDPOINT_URL_S3"] = endpoint
+        try:
+            creds = hook.get_credentials()
+        except Exception as exc:  # noqa: BLE001 - no credentials is fine for local-only data
+            log.info("no AWS credentials for %s (%s); local workers can only use local storage", self.aws_conn_id, exc)
+            return env
+        env["AWS_ACCESS_KEY_ID"] = creds.access_key
+        env["AWS_SECRET_ACCESS_KEY"] = creds.secret_key
+        if creds.token:
+            env["AWS_SESSION_TOKEN"] = creds.token
+        return env
+
+
+class ParameterServerHook(BaseHook):
+    """An existing parameter server, from a ``cirrus_parameter_server`` connection:
+    host and port, and the run token as the password."""
+
+    conn_name_attr = "ps_conn_id"
+    default_conn_name = "cirrus_ps_default"
+    conn_type = "cirrus_parameter_server"
+    hook_name = "Cirrus parameter server"
+
+    def __init__(self, ps_conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.ps_conn_id = ps_conn_id
+
+    def get_conn(self) -> tuple[str, str | None]:
+        """The server's ``host:port`` and its token."""
+        conn = self.get_connection(self.ps_conn_id)
+        if not conn.host or not conn.port:
+            raise ValueError(f"connection {self.ps_conn_id!r} must set host and port of the parameter server")
+        return f"{conn.host}:{conn.port}", conn.password or None
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        return {
+            "hidden_fields": ["schema", "login", "extra"],
+            "relabeling": {"password": "Token"},
+        }

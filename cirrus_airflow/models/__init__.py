@@ -1,0 +1,1 @@
+"""Model maths, pure numpy: shared by the Lambda workers, the evaluator and prediction."""

@@ -1,0 +1,41 @@
+"""Short result tables for the command line and task logs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+_TRAIN_ROWS = (
+    ("test_auc", "test AUC", "{:.4f}"),
+    ("test_logloss", "test log loss", "{:.4f}"),
+    ("baseline_logloss", "base-rate log loss", "{:.4f}"),
+    ("test_accuracy", "test accuracy", "{:.4f}"),
+    ("test_rows", "test rows", "{:,}"),
+    ("train_loss", "train loss (progressive)", "{:.4f}"),
+    ("examples", "examples trained", "{:,}"),
+    ("examples_per_second", "examples / second", "{:,.0f}"),
+    ("workers", "workers", "{}"),
+    ("invocations", "invocations", "{}"),
+    ("worker_seconds", "worker-seconds", "{:.1f}"),
+    ("stopped_by", "stopped by", "{}"),
+    ("model_uri", "model", "{}"),
+)
+_PREPROCESS_ROWS = (
+    ("rows_read", "rows read", "{:,}"),
+    ("rows_written", "rows written", "{:,}"),
+    ("train_rows", "train rows", "{:,}"),
+    ("test_rows", "test rows", "{:,}"),
+    ("rows_rejected", "rows rejected", "{:,}"),
+    ("rejected_by_reason", "rejected by reason", "{}"),
+    ("shards", "shards", "{}"),
+    ("feature_dim", "features", "{:,}"),
+    ("seconds", "seconds", "{:.1f}"),
+    ("manifest_uri", "manifest", "{}"),
+)
+
+
+def format_table(summary: Mapping, rows: tuple = ()) -> str:
+    """Two aligned columns of the figures a person looks at first."""
+    rows = rows or (_TRAIN_ROWS if "test_auc" in summary else _PREPROCESS_ROWS)
+    cells = [(label, fmt.format(summary[key])) for key, label, fmt in rows if summary.get(key) is not None]
+    width = max(len(label) for label, _ in cells) if cells else 0
+    return "\n".join(f"  {label.ljust(width)}  {value}" for label, value in cells)

@@ -1,0 +1,225 @@
+"""The shard format: sparse examples in Parquet, and the manifest that is written last.
+
+A shard holds ``label: float32, indices: list<int32>, values: list<float32>``, with
+one row group per block of rows that a worker reads at once. In memory the same
+rows are CSR arrays (``SparseRows``), which is what the model maths works on; the
+conversion either way copies no row by itself.
+
+The manifest (``<prefix>/_manifest.json``) says what the shards are and how they
+were made. It is written after every shard, so its presence means "finished".
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cirrus_airflow.storage import Storage, StorageError, is_s3, join, local_path
+
+SPARSE_SCHEMA = pa.schema(
+    [("label", pa.float32()), ("indices", pa.list_(pa.int32())), ("values", pa.list_(pa.float32()))]
+)
+MANIFEST_NAME = "_manifest.json"
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class SparseRows:
+    """Rows of sparse examples in CSR form."""
+
+    labels: np.ndarray  # float32 (n,)
+    indptr: np.ndarray  # int64 (n + 1,)
+    indices: np.ndarray  # int32 (nnz,)
+    values: np.ndarray  # float32 (nnz,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def from_dense_mask(
+        cls, labels: np.ndarray, indices: np.ndarray, values: np.ndarray, present: np.ndarray
+    ) -> SparseRows:
+        """Build from (n, k) candidate entries, keeping those marked present, row by row."""
+        indptr = np.zeros(len(labels) + 1, dtype=np.int64)
+        np.cumsum(present.sum(axis=1), out=indptr[1:])
+        return cls(
+            labels=np.asarray(labels, dtype=np.float32),
+            indptr=indptr,
+            indices=indices[present].astype(np.int32),
+            values=values[present].astype(np.float32),
+        )
+
+    @classmethod
+    def concat(cls, parts: list[SparseRows]) -> SparseRows:
+        if not parts:
+            return cls(np.empty(0, np.float32), np.zeros(1, np.int64), np.empty(0, np.int32), np.empty(0, np.float32))
+        offsets = np.cumsum([0] + [p.indptr[-1] for p in parts[:-1]])
+        return cls(
+            labels=np.concatenate([p.labels for p in parts]),
+            indptr=np.concatenate([parts[0].indptr[:1]] + [p.indptr[1:] + o for p, o in zip(parts, offsets)]),
+            indices=np.concatenate([p.indices for p in parts]),
+            values=np.concatenate([p.values for p in parts]),
+        )
+
+    def take(self, rows: np.ndarray) -> SparseRows:
+        """A subset of rows, in the given order (vectorised gather of their entries)."""
+        starts, ends = self.indptr[rows], self.indptr[rows + 1]
+        lengths = ends - starts
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        entry = np.arange(indptr[-1]) - np.repeat(indptr[:-1] - starts, lengths)
+        return SparseRows(self.labels[rows], indptr, self.indices[entry], self.values[entry])
+
+    def slice(self, start: int, stop: int) -> SparseRows:
+        lo, hi = self.indptr[start], self.indptr[stop]
+        return SparseRows(
+            self.labels[start:stop], self.indptr[start : stop + 1] - lo, self.indices[lo:hi], self.values[lo:hi]
+        )
+
+    def to_arrow(self) -> pa.Table:
+        offsets = pa.array(self.indptr.astype(np.int32))
+        return pa.Table.from_arrays(
+            [
+                pa.array(self.labels, type=pa.float32()),
+                pa.ListArray.from_arrays(offsets, pa.array(self.indices, type=pa.int32())),
+                pa.ListArray.from_arrays(offsets, pa.array(self.values, type=pa.float32())),
+            ],
+            schema=SPARSE_SCHEMA,
+        )
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table) -> SparseRows:
+        if table.schema.remove_metadata() != SPARSE_SCHEMA:
+            raise ValueError(f"not a sparse shard: schema is {table.schema}, expected {SPARSE_SCHEMA}")
+        table = table.combine_chunks()
+        indices = table.column("indices").chunk(0) if table.num_rows else pa.array([], pa.list_(pa.int32()))
+        values = table.column("values").chunk(0) if table.num_rows else pa.array([], pa.list_(pa.float32()))
+        base = indices.offsets.to_numpy()
+        lo, hi = int(base[0]), int(base[-1])
+        return cls(
+            labels=table.column("label").to_numpy().astype(np.float32, copy=False),
+            indptr=(base - lo).astype(np.int64),
+            indices=indices.values.to_numpy()[lo:hi],
+            values=values.values.to_numpy()[lo:hi],
+        )
+
+
+def write_shard(storage: Storage, uri: str, rows: SparseRows, *, row_group_rows: int) -> dict:
+    """Write one shard; returns its entry for the manifest."""
+    sink = io.BytesIO()
+    pq.write_table(rows.to_arrow(), sink, row_group_size=max(1, row_group_rows), compression="snappy")
+    storage.write_bytes(uri, sink.getvalue())
+    return {"rows": len(rows), "row_groups": -(-len(rows) // max(1, row_group_rows)) if len(rows) else 0}
+
+
+class ShardReader:
+    """Random access to a shard's row groups; local shards are read lazily from disk,
+    S3 shards are fetched once (a worker reads a whole shard anyway)."""
+
+    def __init__(self, storage: Storage, uri: str) -> None:
+        self.uri = uri
+        source: Any = io.BytesIO(storage.read_bytes(uri)) if is_s3(uri) else str(local_path(uri))
+        try:
+            self._file = pq.ParquetFile(source)
+        except (FileNotFoundError, OSError) as exc:
+            raise StorageError(f"{uri}: cannot read shard ({exc})") from None
+
+    @property
+    def num_row_groups(self) -> int:
+        return self._file.num_row_groups
+
+    def row_group(self, i: int) -> SparseRows:
+        return SparseRows.from_arrow(self._file.read_row_group(i))
+
+    def read_all(self) -> SparseRows:
+        return SparseRows.from_arrow(self._file.read())
+
+    def __iter__(self) -> Iterator[SparseRows]:
+        for i in range(self.num_row_groups):
+            yield self.row_group(i)
+
+
+@dataclass
+class Manifest:
+    """What a preprocessing run produced: enough to train on it and to transform new data."""
+
+    kind: str
+    feature_dim: int
+    shards: dict[str, list[dict]]  # "train"/"test" -> [{"path", "rows", "row_groups"}]
+    transform: dict
+    split: dict
+    counts: dict
+    source: dict = field(default_factory=dict)
+    row_group_rows: int = 0
+    label_stats: dict = field(default_factory=dict)
+    version: int = MANIFEST_VERSION
+
+    def shard_uris(self, prefix: str, split: str) -> list[str]:
+        return [join(prefix, entry["path"]) for entry in self.shards.get(split, [])]
+
+    def rows(self, split: str) -> int:
+        return sum(entry["rows"] for entry in self.shards.get(split, []))
+
+    def to_json(self) -> dict:
+        return {
+            "version": self.version,
+            "kind": self.kind,
+            "feature_dim": self.feature_dim,
+            "row_group_rows": self.row_group_rows,
+            "shards": self.shards,
+            "transform": self.transform,
+            "split": self.split,
+            "counts": self.counts,
+            "label_stats": self.label_stats,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict) -> Manifest:
+        version = doc.get("version")
+        if version != MANIFEST_VERSION:
+            raise ValueError(f"manifest version {version} is not supported (this package reads {MANIFEST_VERSION})")
+        return cls(
+            kind=doc["kind"],
+            feature_dim=int(doc["feature_dim"]),
+            shards=doc["shards"],
+            transform=doc["transform"],
+            split=doc["split"],
+            counts=doc["counts"],
+            source=doc.get("source", {}),
+            row_group_rows=int(doc.get("row_group_rows", 0)),
+            label_stats=doc.get("label_stats", {}),
+            version=version,
+        )
+
+
+def manifest_uri(prefix: str) -> str:
+    return join(prefix, MANIFEST_NAME)
+
+
+def write_manifest(storage: Storage, prefix: str, manifest: Manifest) -> str:
+    uri = manifest_uri(prefix)
+    storage.write_text(uri, json.dumps(manifest.to_json(), indent=1, sort_keys=True))
+    return uri
+
+
+def read_manifest(storage: Storage, prefix: str) -> Manifest:
+    uri = manifest_uri(prefix)
+    try:
+        text = storage.read_text(uri)
+    except StorageError:
+        raise StorageError(
+            f"no {MANIFEST_NAME} under {prefix}: preprocessing has not finished there "
+            "(or the data URI is wrong); run the preprocess task first"
+        ) from None
+    try:
+        return Manifest.from_json(json.loads(text))
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise ValueError(f"{uri} is not a valid manifest: {exc}") from None

@@ -1,0 +1,275 @@
+"""The training driver: a parameter server, W serverless workers, then held-out metrics.
+
+The driver holds no data and does no arithmetic on the hot path. It creates the
+model's table on the parameter server, fans out ``train.worker`` invocations (each
+with its share of the row groups), hands over to a fresh invocation whenever a
+worker nears its Lambda time limit, polls the server's status for a live curve, and
+at the end saves the weights and fans out ``evaluate`` over the test shards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
+
+from cirrus_airflow.executor import InvocationError, LocalLambdaExecutor, ServerlessExecutor
+from cirrus_airflow.metrics import BinaryMetrics, constant_log_loss
+from cirrus_airflow.model_store import WEIGHTS_NAME, save_model
+from cirrus_airflow.shards import Manifest, read_manifest
+from cirrus_airflow.storage import Storage, join, normalize
+from ps_service.client import PSClient
+from ps_service.launcher import start_local_server
+
+log = logging.getLogger(__name__)
+
+MODELS = ("lr",)
+OPTIMIZERS = ("sgd", "adagrad")
+TABLE = "lr_weights"
+
+
+class TrainingError(RuntimeError):
+    """Training could not finish; the message names the worker or setting at fault."""
+
+
+@dataclass
+class TrainConfig:
+    """A training run; validated before anything starts."""
+
+    data: str
+    output: str
+    model: str = "lr"
+    workers: int = 4
+    learning_rate: float = 0.1
+    optimizer: str = "adagrad"
+    l2: float = 0.0
+    minibatch: int = 256
+    epochs: int = 2
+    time_budget_s: float | None = None
+    seed: int = 0
+    ps_address: str | None = None
+    ps_token: str | None = None
+    report_every: int = 20
+    poll_interval_s: float = 1.0
+
+    def validate(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate}")
+        if self.l2 < 0:
+            raise ValueError(f"l2 must be zero or positive, got {self.l2}")
+        if self.minibatch < 1:
+            raise ValueError(f"minibatch must be at least 1, got {self.minibatch}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ValueError(f"time_budget_s must be positive (or None for no budget), got {self.time_budget_s}")
+        if not self.data or not self.output:
+            raise ValueError("data and output must both be URIs (a local path or s3://bucket/prefix)")
+
+
+@dataclass
+class _Invocation:
+    worker: int
+    generation: int
+    started: float
+
+
+class TrainingJob:
+    """One training run; ``cancel()`` (from another thread) stops workers and server."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        storage: Storage,
+        executor: ServerlessExecutor,
+        progress: Callable[[dict], None] | None = None,
+    ) -> None:
+        config.validate()
+        self.config = config
+        self.storage = storage
+        self.executor = executor
+        self.progress = progress
+        self._cancelled = threading.Event()
+        self._client: PSClient | None = None
+        self._last_report_t = float("-inf")
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.stop(TABLE)
+        self.executor.cancel()
+
+    def run(self) -> dict:
+        cfg = self.config
+        data, output = normalize(cfg.data), normalize(cfg.output)
+        manifest = read_manifest(self.storage, data)
+        if manifest.kind != "sparse":
+            raise TrainingError(f"{data} holds {manifest.kind!r} shards; model {cfg.model!r} trains on sparse examples")
+        units = [(uri, g) for uri, entry in zip(manifest.shard_uris(data, "train"), manifest.shards["train"])
+                 for g in range(entry["row_groups"])]
+        workers = min(cfg.workers, len(units))
+        if workers < cfg.workers:
+            log.warning("only %d row groups to train on: using %d workers instead of %d", len(units), workers, cfg.workers)
+        started = time.time()
+        with self._parameter_server() as (address, token), PSClient(address, token=token) as client:
+            self._client = client
+            try:
+                client.create_table(TABLE, size=manifest.feature_dim + 1, width=1, optimizer=cfg.optimizer,
+                                    learning_rate=cfg.learning_rate, l2=cfg.l2)
+                base_event = {
+                    "task": "train.worker", "model": cfg.model, "table": TABLE,
+                    "ps": {"address": address, "token": token}, "feature_dim": manifest.feature_dim,
+                    "minibatch": cfg.minibatch, "epochs": cfg.epochs, "seed": cfg.seed,
+                    "report_every": cfg.report_every,
+                    "deadline": None if cfg.time_budget_s is None else started + cfg.time_budget_s,
+                }
+                outcome = self._train(client, base_event, units, workers, started)
+                weights = client.get_table(TABLE).reshape(-1)
+            finally:
+                self._client = None
+        if self._cancelled.is_set():
+            raise TrainingError("training was cancelled; workers and parameter server were stopped")
+        train_seconds = time.time() - started
+        model_uri = join(output, "model")
+        save_model(self.storage, model_uri, weights, {
+            "model": cfg.model, "feature_dim": manifest.feature_dim, "bias_key": manifest.feature_dim,
+            "data": data, "transform": manifest.transform, "config": _config_json(cfg),
+        })
+        test = self._evaluate(manifest, data, join(model_uri, WEIGHTS_NAME), workers)
+        metrics_uri = join(output, "metrics.jsonl")
+        self.storage.write_text(metrics_uri, "".join(json.dumps(p) + "\n" for p in outcome["curve"]))
+        train_rate = manifest.label_stats.get("train_positive_rate", test.positive_rate)
+        summary = {
+            "model": cfg.model,
+            "model_uri": model_uri,
+            "metrics_uri": metrics_uri,
+            **test.summary(),
+            "baseline_logloss": constant_log_loss(train_rate, test.positive_rate),
+            "train_loss": outcome["train_loss"],
+            "examples": outcome["examples"],
+            "updates": outcome["updates"],
+            "examples_per_second": outcome["examples"] / max(train_seconds, 1e-9),
+            "workers": workers,
+            "invocations": outcome["invocations"],
+            "worker_seconds": outcome["worker_seconds"],
+            "stopped_by": outcome["stopped_by"],
+            "train_seconds": train_seconds,
+            "seconds": time.time() - started,
+        }
+        self.storage.write_text(join(output, "summary.json"), json.dumps(summary, indent=1, sort_keys=True))
+        return summary
+
+    @contextlib.contextmanager
+    def _parameter_server(self) -> Iterator[tuple[str, str | None]]:
+        if self.config.ps_address:
+            if not isinstance(self.executor, LocalLambdaExecutor) and self.config.ps_address.startswith("127."):
+                log.warning("parameter server %s is on loopback: remote Lambda workers cannot reach it",
+                            self.config.ps_address)
+            yield self.config.ps_address, self.config.ps_token
+            return
+        token = secrets.token_urlsafe(24)
+        with start_local_server(token=token) as server:
+            log.info("started a parameter server at %s (pid %d)", server.address, server.pid)
+            yield server.address, token
+
+    def _train(self, client: PSClient, base_event: dict, units: list, workers: int, started: float) -> dict:
+        running: dict[Future, _Invocation] = {}
+
+        def launch(worker: int, generation: int, resume: dict | None) -> None:
+            event = {**base_event, "worker_id": worker, "generation": generation, "resume": resume,
+                     "units": [list(u) for u in units[worker::workers]]}
+            running[self.executor.submit(event)] = _Invocation(worker, generation, time.time())
+
+        for w in range(workers):
+            launch(w, 0, None)
+        totals = {"examples": 0, "updates": 0, "invocations": 0, "worker_seconds": 0.0, "loss_sum": 0.0}
+        curve: list[dict] = []
+        stopped_by = "epochs"
+        while running and not self._cancelled.is_set():
+            done, _ = wait(list(running), timeout=self.config.poll_interval_s, return_when=FIRST_COMPLETED)
+            if self._cancelled.is_set():
+                break
+            for future in done:
+                inv = running.pop(future)
+                totals["invocations"] += 1
+                totals["worker_seconds"] += time.time() - inv.started
+                result = self._result(future, inv, client)
+                totals["examples"] += result["examples"]
+                totals["updates"] += result["updates"]
+                totals["loss_sum"] += result["train_loss"] * result["examples"]
+                if result["status"] == "handover":
+                    launch(inv.worker, inv.generation + 1, result["resume"])
+                elif result["status"] == "deadline":
+                    stopped_by = "time_budget"
+            curve.append(self._poll(client, started))
+        if self._cancelled.is_set():
+            stopped_by = "cancelled"
+        return {
+            **totals,
+            "train_loss": totals["loss_sum"] / max(1, totals["examples"]),
+            "curve": curve,
+            "stopped_by": stopped_by,
+        }
+
+    def _result(self, future: Future, inv: _Invocation, client: PSClient) -> dict:
+        try:
+            return future.result()
+        except InvocationError as exc:
+            client.stop(TABLE)
+            self.executor.cancel()
+            raise TrainingError(
+                f"worker {inv.worker} (generation {inv.generation}) failed: {exc.error_type}: {exc.error_message}"
+            ) from exc
+
+    def _poll(self, client: PSClient, started: float) -> dict:
+        """One point of the live curve: updates so far, and the mean training loss of
+        the reports that arrived since the previous point (by the server's clock)."""
+        table = client.status()["tables"].get(TABLE, {})
+        reports = [r for r in table.get("reports", [])
+                   if r["name"] == "train_loss" and r["t"] > self._last_report_t]
+        if reports:
+            self._last_report_t = max(r["t"] for r in reports)
+        count = sum(r["count"] for r in reports)
+        point = {
+            "t": round(time.time() - started, 3),
+            "updates": table.get("updates", 0),
+            "train_loss": sum(r["value"] * r["count"] for r in reports) / count if count else None,
+            "examples": count,
+        }
+        if self.progress is not None:
+            self.progress(point)
+        return point
+
+    def _evaluate(self, manifest: Manifest, data: str, weights_uri: str, workers: int) -> BinaryMetrics:
+        shards = manifest.shard_uris(data, "test")
+        if not shards:
+            raise TrainingError(f"{data} has no test shards to evaluate on; preprocess with test_fraction > 0")
+        groups = [shards[i::workers] for i in range(min(workers, len(shards)))]
+        events = [{"task": "evaluate", "model": self.config.model, "weights_uri": weights_uri, "shards": g}
+                  for g in groups]
+        metrics = BinaryMetrics.empty()
+        for result in self.executor.map(events):
+            metrics = metrics.merge(BinaryMetrics.from_json(result))
+        return metrics
+
+
+def _config_json(cfg: TrainConfig) -> dict:
+    doc = dict(cfg.__dict__)
+    doc.pop("ps_token", None)
+    return doc

@@ -1,0 +1,98 @@
+"""CirrusTrainOperator: asynchronous SGD on serverless workers against a parameter server."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from cirrus_airflow.hooks import ParameterServerHook
+from cirrus_airflow.report import format_table
+from cirrus_airflow.training import TrainConfig, TrainingJob
+from operators.base import CirrusBaseOperator
+
+
+class CirrusTrainOperator(CirrusBaseOperator):
+    """Train a model on preprocessed shards with W serverless workers.
+
+    The operator starts a parameter server for the run (or uses the one behind
+    ``ps_conn_id``), fans out the workers, logs the live training loss, and at the
+    end saves the model under ``<output_uri>/model/`` and evaluates it on the test
+    shards.
+
+    :param data_uri: the preprocessing output (folder with ``_manifest.json``); templated.
+    :param output_uri: folder for ``model/``, ``metrics.jsonl`` and ``summary.json``; templated.
+    :param model: ``lr`` (sparse logistic regression).
+    :param workers: number of concurrent workers (W).
+    :param learning_rate: step size of the server-side optimizer.
+    :param optimizer: ``adagrad`` or ``sgd``.
+    :param l2: L2 regularisation strength, applied on the server.
+    :param minibatch: rows per gradient step.
+    :param epochs: passes over the training rows.
+    :param time_budget_s: stop after this many seconds whatever the epochs.
+    :param ps_conn_id: a ``cirrus_parameter_server`` connection to use an existing server.
+
+    Returns (XCom) the summary: test log loss, AUC and accuracy, examples per second,
+    worker-seconds and the model URI.
+    """
+
+    template_fields: Sequence[str] = ("data_uri", "output_uri", "serverless_executor", "function_name")
+
+    def __init__(
+        self,
+        *,
+        data_uri: str,
+        output_uri: str,
+        model: str = "lr",
+        workers: int = 4,
+        learning_rate: float = 0.1,
+        optimizer: str = "adagrad",
+        l2: float = 0.0,
+        minibatch: int = 256,
+        epochs: int = 2,
+        time_budget_s: float | None = None,
+        seed: int = 0,
+        ps_conn_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.data_uri = data_uri
+        self.output_uri = output_uri
+        self.model = model
+        self.workers = workers
+        self.learning_rate = learning_rate
+        self.optimizer = optimizer
+        self.l2 = l2
+        self.minibatch = minibatch
+        self.epochs = epochs
+        self.time_budget_s = time_budget_s
+        self.seed = seed
+        self.ps_conn_id = ps_conn_id
+        self._config().validate()
+
+    def _config(self, ps_address: str | None = None, ps_token: str | None = None) -> TrainConfig:
+        return TrainConfig(
+            data=self.data_uri, output=self.output_uri, model=self.model, workers=self.workers,
+            learning_rate=self.learning_rate, optimizer=self.optimizer, l2=self.l2, minibatch=self.minibatch,
+            epochs=self.epochs, time_budget_s=self.time_budget_s, seed=self.seed,
+            ps_address=ps_address, ps_token=ps_token,
+        )
+
+    def execute(self, context: Any) -> dict:
+        address, token = ParameterServerHook(self.ps_conn_id).get_conn() if self.ps_conn_id else (None, None)
+        hook = self.hook
+
+        def progress(point: dict) -> None:
+            loss = point["train_loss"]
+            self.log.info("t=%.1fs updates=%d train_loss=%s", point["t"], point["updates"],
+                          "n/a" if loss is None else f"{loss:.4f}")
+
+        with hook.get_executor() as executor:
+            job = TrainingJob(self._config(address, token), storage=hook.get_storage(), executor=executor,
+                              progress=progress)
+            self._cancellable(job.cancel)
+            try:
+                summary = job.run()
+            finally:
+                self._cancellable(None)
+        self.log.info("training finished:\n%s", format_table(summary))
+        return summary

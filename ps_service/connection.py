@@ -1,0 +1,202 @@
+"""A blocking socket to one server process: handshake, then one request, one reply.
+
+Workers run plain Python loops, so the client is synchronous. Each request is sent
+with a single ``sendmsg`` of header and array buffers (no joining copy) and each reply
+is received with ``recv_into`` a buffer that is allocated once and reused, which keeps
+the per-request cost to two system calls in the common case.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from ps_service.addresses import format_address, parse_address
+from ps_service.auth import NONCE_BYTES, sign
+from ps_service.errors import ProtocolError, PSAuthError, PSConnectionError, PSError
+from ps_service.protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
+    FLAG_STOP,
+    HEADER_SIZE,
+    Buffer,
+    FrameHeader,
+    Opcode,
+    Status,
+    decode_header,
+    decode_text,
+    encode_header,
+    frame_length,
+)
+
+T = TypeVar("T")
+
+_INITIAL_BUFFER_BYTES = 256 * 1024
+_MAX_KEPT_BUFFER_BYTES = 16 * 1024 * 1024
+
+
+def _no_body(body: memoryview) -> None:
+    return None
+
+
+class Connection:
+    """Safe to share between threads (requests are serialised), though one per thread is faster."""
+
+    def __init__(
+        self,
+        address: str | tuple[str, int],
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
+        self._host, self._port = parse_address(address)
+        self.address = format_address(self._host, self._port)
+        self.stop_requested = False
+        self._timeout = timeout
+        self._max_frame_bytes = max_frame_bytes
+        self._lock = threading.Lock()
+        self._buffer = bytearray(_INITIAL_BUFFER_BYTES)
+        self._view = memoryview(self._buffer)
+        self._request_id = 0
+        self._sock: socket.socket | None = self._connect()
+        try:
+            self._authenticate(token)
+        except BaseException:
+            self.close()
+            raise
+
+    def request(self, opcode: int, parts: Sequence[Buffer], decode: Callable[[memoryview], T] = _no_body) -> T:
+        """Send one frame and return ``decode(reply body)``; the body is only valid inside ``decode``."""
+        length = frame_length(parts)
+        if HEADER_SIZE + length > self._max_frame_bytes:
+            raise ValueError(
+                f"request of {HEADER_SIZE + length} bytes exceeds the frame limit of "
+                f"{self._max_frame_bytes} bytes; split it into smaller requests"
+            )
+        with self._lock:
+            sock = self._open_socket()
+            self._request_id = (self._request_id + 1) & 0xFFFFFFFF
+            header = encode_header(opcode, self._request_id, length)
+            try:
+                self._send(sock, [header, *parts], HEADER_SIZE + length)
+                reply, body = self._receive(sock)
+            except TimeoutError as error:
+                raise self._broken(f"no reply within {self._timeout} s; the server may be overloaded "
+                                   "or stalled (raise timeout= if requests are very large)") from error
+            except PSConnectionError:
+                raise
+            except OSError as error:
+                raise self._broken(f"the connection failed: {error}") from error
+            self._check_reply(reply, body, opcode)
+            return decode(body)
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def _connect(self) -> socket.socket:
+        try:
+            sock = socket.create_connection((self._host, self._port), timeout=self._timeout)
+        except OSError as error:
+            reason = "timed out" if isinstance(error, TimeoutError) else (error.strerror or str(error))
+            raise PSConnectionError(
+                f"cannot connect to the parameter server at {self.address}: {reason}; check that "
+                "it is running (it prints 'listening on HOST:PORT'), that this is the address it "
+                "printed, and that no firewall or security group blocks the port"
+            ) from error
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _authenticate(self, token: str | None) -> None:
+        """Read the server's greeting; answer its nonce if it asks for a token."""
+        with self._lock:
+            try:
+                hello, body = self._receive(self._open_socket())
+            except PSConnectionError:
+                raise
+            except OSError as error:
+                raise self._broken(f"no greeting from the server: {error}") from error
+            if hello.opcode != Opcode.HELLO or len(body) not in (0, NONCE_BYTES):
+                raise ProtocolError(f"{self.address} did not greet like a cirrus parameter server")
+            nonce = bytes(body)
+        if not nonce:
+            return
+        if token is None:
+            raise PSAuthError(
+                f"the parameter server at {self.address} requires a token; pass token= "
+                "(the run's token, as written to the server's --token-file)"
+            )
+        self.request(Opcode.AUTH, [sign(token, nonce)])
+
+    def _open_socket(self) -> socket.socket:
+        if self._sock is None:
+            raise PSConnectionError(f"the connection to the parameter server at {self.address} is closed")
+        return self._sock
+
+    def _send(self, sock: socket.socket, buffers: list[Buffer], total: int) -> None:
+        sent = sock.sendmsg(buffers)
+        if sent == total:
+            return
+        for buffer in buffers:  # the kernel took part of a large frame: send the rest piecewise
+            if sent >= len(buffer):
+                sent -= len(buffer)
+                continue
+            sock.sendall(memoryview(buffer)[sent:])
+            sent = 0
+
+    def _receive(self, sock: socket.socket) -> tuple[FrameHeader, memoryview]:
+        view = self._view
+        received = 0
+        while received < HEADER_SIZE:
+            received += self._recv_into(sock, view[received:])
+        try:
+            header = decode_header(view[:HEADER_SIZE], max_frame_bytes=self._max_frame_bytes)
+        except ProtocolError:
+            self.close()
+            raise
+        total = HEADER_SIZE + header.body_length
+        if received > total:
+            raise self._broken("the server sent more bytes than its reply frame holds")
+        if total > len(view):
+            view = self._larger_view(total, received)
+        while received < total:
+            received += self._recv_into(sock, view[received:total])
+        return header, view[HEADER_SIZE:total]
+
+    def _recv_into(self, sock: socket.socket, view: memoryview) -> int:
+        count = sock.recv_into(view)
+        if not count:
+            raise self._broken(
+                "the server closed the connection (it was shut down, restarted, or refused a bad frame)"
+            )
+        return count
+
+    def _larger_view(self, total: int, received: int) -> memoryview:
+        """Grow the reusable buffer for frames up to a limit; beyond it, use a one-off buffer."""
+        buffer = bytearray(total)
+        buffer[:received] = self._view[:received]
+        if total <= _MAX_KEPT_BUFFER_BYTES:
+            self._buffer, self._view = buffer, memoryview(buffer)
+        return memoryview(buffer)
+
+    def _check_reply(self, reply: FrameHeader, body: memoryview, opcode: int) -> None:
+        self.stop_requested = bool(reply.flags & FLAG_STOP)
+        if reply.status == Status.AUTH_FAILED:
+            self.close()
+            raise PSAuthError(f"the parameter server at {self.address} refused the connection: "
+                              f"{decode_text(body)}")
+        if reply.status != Status.OK:
+            raise PSError(decode_text(body))
+        if reply.opcode != opcode or reply.request_id != self._request_id:
+            raise self._broken(
+                f"reply (opcode {reply.opcode}, id {reply.request_id}) does not answer the request "
+                f"(opcode {opcode}, id {self._request_id})"
+            )
+
+    def _broken(self, reason: str) -> PSConnectionError:
+        """Close a connection whose stream can no longer be trusted and describe why."""
+        self.close()
+        return PSConnectionError(f"parameter server at {self.address}: {reason}")

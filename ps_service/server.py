@@ -1,0 +1,420 @@
+"""The asyncio TCP parameter server.
+
+One event loop serves every connection, so each request is applied atomically with
+respect to all others without locks: concurrent pushes from many workers can never
+interleave inside one update. The numpy work per request is small (a minibatch's
+keys), which keeps the loop responsive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ps_service.addresses import format_address
+from ps_service.auth import DIGEST_BYTES, new_nonce, verify
+from ps_service.errors import ProtocolError, PSAuthError, PSError, PSStartupError
+from ps_service.protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
+    FLAG_STOP,
+    HEADER,
+    HEADER_SIZE,
+    VERSION,
+    Buffer,
+    Opcode,
+    Status,
+    TableRequest,
+    decode_header,
+    decode_json,
+    decode_table_request,
+    encode_array,
+    encode_header,
+    encode_json,
+    encode_text,
+    frame_length,
+)
+from ps_service.store import TableStore
+
+log = logging.getLogger(__name__)
+
+_COALESCE_BYTES = 64 * 1024
+_STREAM_LIMIT = 1 << 20
+
+Handler = Callable[[Buffer], tuple[list[Buffer], str | None]]
+
+
+@dataclass
+class _Traffic:
+    """Counters for the status call; keys_in counts pushed rows, keys_out pulled rows."""
+
+    requests: int = 0
+    errors: int = 0
+    auth_failures: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    keys_in: int = 0
+    keys_out: int = 0
+
+
+class ParameterServer:
+    """Serves named tables over TCP until a shutdown request, a signal or :meth:`stop_thread`."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        *,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        max_reports: int = 1000,
+        handshake_timeout_s: float = 10.0,
+    ) -> None:
+        if token is not None and not token:
+            raise ValueError("token must be a non-empty string, or None to disable authentication")
+        self._host = host
+        self._port = port
+        self._token = token
+        self._max_frame_bytes = max_frame_bytes
+        self._handshake_timeout_s = handshake_timeout_s
+        self._store = TableStore(max_reports=max_reports)
+        self._traffic = _Traffic()
+        self._clients = 0
+        self._started_at = 0.0
+        self._address: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._shutdown: asyncio.Event | None = None
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._thread: threading.Thread | None = None
+        self._handlers: dict[int, Handler] = {
+            Opcode.CREATE_TABLE: self._create_table,
+            Opcode.PULL: self._pull,
+            Opcode.PUSH: self._push,
+            Opcode.PUSH_PULL: self._push_pull,
+            Opcode.GET_TABLE: self._get_table,
+            Opcode.SET_TABLE: self._set_table,
+            Opcode.REPORT: self._report,
+            Opcode.STATUS: self._status,
+            Opcode.STOP: self._stop,
+            Opcode.SHUTDOWN: self._request_stop_all,
+        }
+
+    @property
+    def address(self) -> str:
+        """``host:port`` actually bound (port 0 picks a free one); known once listening."""
+        if self._address is None:
+            raise RuntimeError("the parameter server is not listening yet")
+        return self._address
+
+    async def serve(self, on_listening: Callable[[str], None] | None = None) -> None:
+        """Listen, call ``on_listening(address)`` once connections are accepted, serve until shutdown."""
+        if self._loop is not None:
+            raise RuntimeError("this parameter server is already serving")
+        self._loop = asyncio.get_running_loop()
+        self._shutdown = asyncio.Event()
+        try:
+            listener = await asyncio.start_server(
+                self._on_connection, self._host, self._port, limit=_STREAM_LIMIT
+            )
+        except OSError as error:
+            self._loop = None
+            raise PSStartupError(
+                f"cannot listen on {format_address(self._host, self._port)}: {error.strerror or error}; "
+                "choose another host or port (port 0 picks a free one)"
+            ) from error
+        host, port = listener.sockets[0].getsockname()[:2]
+        self._address = format_address(host, port)
+        self._started_at = time.time()
+        log.info("parameter server listening on %s (authentication %s)",
+                 self._address, "on" if self._token else "off")
+        if on_listening is not None:
+            on_listening(self._address)
+        try:
+            await self._shutdown.wait()
+        finally:
+            await self._close(listener)
+
+    def request_shutdown(self) -> None:
+        """Ask a serving server to stop; safe from any thread and from signal handlers."""
+        loop, shutdown = self._loop, self._shutdown
+        if loop is None or shutdown is None:
+            return
+        try:
+            loop.call_soon_threadsafe(shutdown.set)
+        except RuntimeError:
+            log.debug("shutdown requested after the event loop closed; nothing left to stop")
+
+    def start_in_thread(self, *, startup_timeout_s: float = 10.0) -> str:
+        """Serve from a daemon thread (tests, notebooks) and return the address once listening."""
+        if self._thread is not None:
+            raise RuntimeError("this parameter server already runs in a thread")
+        listening = threading.Event()
+        failures: list[Exception] = []
+
+        def run() -> None:
+            try:
+                asyncio.run(self.serve(on_listening=lambda _address: listening.set()))
+            except Exception as error:
+                if listening.is_set():
+                    log.exception("parameter server thread failed while serving")
+                failures.append(error)
+            finally:
+                listening.set()
+
+        self._thread = threading.Thread(target=run, name="ps-server", daemon=True)
+        self._thread.start()
+        if not listening.wait(startup_timeout_s):
+            raise PSStartupError(f"parameter server thread did not listen within {startup_timeout_s} s")
+        if failures:
+            self._thread = None
+            raise PSStartupError(str(failures[0])) from failures[0]
+        return self.address
+
+    def stop_thread(self, *, timeout_s: float = 10.0) -> None:
+        if self._thread is None:
+            return
+        self.request_shutdown()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            raise RuntimeError(f"parameter server thread did not stop within {timeout_s} s")
+        self._thread = None
+
+    def __enter__(self) -> ParameterServer:
+        self.start_in_thread()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop_thread()
+
+    async def _close(self, listener: asyncio.Server) -> None:
+        """Closing each transport ends its reader with EOF, so every handler exits normally."""
+        listener.close()
+        for writer in list(self._connections.values()):
+            writer.close()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        await listener.wait_closed()
+        self._loop = None
+        log.info("parameter server on %s stopped", self._address)
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[task] = writer
+        peer = writer.get_extra_info("peername")
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            if await self._handshake(reader, writer, peer):
+                self._clients += 1
+                try:
+                    await self._serve_requests(reader, writer)
+                finally:
+                    self._clients -= 1
+        except (asyncio.IncompleteReadError, ConnectionError) as error:
+            log.debug("connection from %s ended: %r", peer, error)
+        finally:
+            self._connections.pop(task, None)
+            writer.close()
+
+    async def _handshake(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Any
+    ) -> bool:
+        """Greet with a nonce and, if a token is configured, admit only its HMAC."""
+        stop = self._store.stop_all
+        if self._token is None:
+            self._send(writer, Opcode.HELLO, 0, Status.OK, [], stop)
+            return True
+        nonce = new_nonce()
+        self._send(writer, Opcode.HELLO, 0, Status.OK, [nonce], stop)
+        await writer.drain()
+        try:
+            request_id, digest = await asyncio.wait_for(self._read_auth(reader), self._handshake_timeout_s)
+        except TimeoutError:
+            reason = f"no authentication within {self._handshake_timeout_s} s"
+        except PSError as error:
+            reason = str(error)
+        else:
+            if verify(self._token, nonce, digest):
+                self._send(writer, Opcode.AUTH, request_id, Status.OK, [], stop)
+                return True
+            reason = "the token does not match the server's"
+        return await self._refuse(writer, peer, reason)
+
+    @staticmethod
+    async def _read_auth(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+        """Read only an AUTH answer: an unauthenticated peer never gets a larger body read."""
+        header = decode_header(await reader.readexactly(HEADER_SIZE))
+        if header.opcode != Opcode.AUTH:
+            raise PSAuthError("the client sent no token")
+        if header.body_length != DIGEST_BYTES:
+            raise PSAuthError(f"the authentication answer must be {DIGEST_BYTES} bytes")
+        return header.request_id, await reader.readexactly(DIGEST_BYTES)
+
+    async def _refuse(self, writer: asyncio.StreamWriter, peer: Any, reason: str) -> bool:
+        self._traffic.auth_failures += 1
+        log.warning("refused connection from %s: %s", peer, reason)
+        message = f"authentication failed: {reason}; connect with the run's token"
+        self._send(writer, Opcode.AUTH, 0, Status.AUTH_FAILED, [encode_text(message)], False)
+        await writer.drain()
+        return False
+
+    async def _serve_requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        traffic = self._traffic
+        while True:
+            raw_header = await reader.readexactly(HEADER_SIZE)
+            try:
+                header = decode_header(raw_header, max_frame_bytes=self._max_frame_bytes)
+            except ProtocolError as error:
+                await self._reject_frame(writer, raw_header, error)
+                return
+            body = await reader.readexactly(header.body_length) if header.body_length else b""
+            traffic.requests += 1
+            traffic.bytes_in += HEADER_SIZE + header.body_length
+            status, parts, table = self._dispatch(header.opcode, body)
+            stop = self._store.stop_requested(table)
+            self._send(writer, header.opcode, header.request_id, status, parts, stop)
+            await writer.drain()
+            if header.opcode == Opcode.SHUTDOWN and status == Status.OK:
+                assert self._shutdown is not None
+                self._shutdown.set()
+                return
+
+    async def _reject_frame(self, writer: asyncio.StreamWriter, raw_header: bytes, error: ProtocolError) -> None:
+        """Answer a broken header once, then drop the connection: its stream cannot be resynchronised."""
+        self._traffic.errors += 1
+        log.warning("closing connection after a bad frame: %s", error)
+        fields = HEADER.unpack(raw_header)
+        opcode, request_id = fields[2], fields[5]
+        self._send(writer, opcode, request_id, Status.ERROR, [encode_text(str(error))], self._store.stop_all)
+        await writer.drain()
+
+    def _dispatch(self, opcode: int, body: Buffer) -> tuple[Status, list[Buffer], str | None]:
+        """Run one request; every failure becomes an error reply and the connection stays usable."""
+        handler = self._handlers.get(opcode)
+        try:
+            if handler is None:
+                raise ProtocolError(f"unknown opcode {opcode}; the client is newer than this server")
+            parts, table = handler(body)
+            return Status.OK, parts, table
+        except PSError as error:
+            self._traffic.errors += 1
+            return Status.ERROR, [encode_text(str(error))], None
+        except Exception as error:
+            self._traffic.errors += 1
+            log.exception("internal error handling opcode %s", opcode)
+            return Status.ERROR, [encode_text(f"internal server error: {error!r}")], None
+
+    def _send(
+        self, writer: asyncio.StreamWriter, opcode: int, request_id: int, status: int,
+        parts: list[Buffer], stop: bool,
+    ) -> None:
+        """Small replies go out in one write (one syscall); large ones without a joining copy."""
+        length = frame_length(parts)
+        if HEADER_SIZE + length > self._max_frame_bytes:
+            status = Status.ERROR
+            parts = [encode_text(
+                f"reply of {HEADER_SIZE + length} bytes exceeds the frame limit of "
+                f"{self._max_frame_bytes} bytes; pull fewer keys or start the server with a "
+                "larger --max-frame-bytes"
+            )]
+            length = frame_length(parts)
+        header = encode_header(opcode, request_id, length, status=status, flags=FLAG_STOP if stop else 0)
+        self._traffic.bytes_out += HEADER_SIZE + length
+        if length <= _COALESCE_BYTES:
+            writer.write(b"".join((header, *parts)))
+            return
+        writer.write(header)
+        for part in parts:
+            writer.write(part)
+
+    @staticmethod
+    def _table_request(body: Buffer, operation: str, *required: str) -> TableRequest:
+        request = decode_table_request(body)
+        for name in required:
+            if getattr(request, name) is None:
+                raise PSError(f"{operation} on table {request.table!r} carries no {name.replace('_', ' ')}")
+        return request
+
+    def _pull(self, body: Buffer) -> tuple[list[Buffer], str | None]:
+        request = self._table_request(body, "pull", "keys")
+        values = self._store.table(request.table).pull(request.keys)
+        self._traffic.keys_out += len(values)
+        return encode_array(values), request.table
+
+    def _push(self, body: Buffer) -> tuple[list[Buffer], str | None]:
+        request = self._table_request(body, "push", "keys", "values")
+        self._store.table(request.table).push(request.keys, request.values)
+        self._traffic.keys_in += len(request.keys)
+        return [], request.table
+
+    def _push_pull(self, body: Buffer) -> tuple[list[Buffer], str | None]:
+        request = self._table_request(body, "push_pull", "keys", "values", "next_keys")
+        table = self._store.table(request.table)
+        values = table.push_pull(request.keys, request.values, request.next_keys)
+        self._traffic.keys_in += len(request.keys)
+        self._traffic.keys_out += len(values)
+        return encode_array(values), request.table
+
+    def _get_table(self, body: Buffer) -> tuple[list[Buffer], str | None]:
+        request = self._table_request(body, "get_table")
+        values = self._store.table(request.table).get()
+        self._traffic.keys_out += len(values)
+        return encode_array(values), request.table
+
+    def _set_table(self, body: Buffer) -> tuple[list[Buffer], str | None]:
+        request = self._table_request(body, "set_table", "values")
+        self._store.table(request.table).set(request.values)
+        return [], request.table
+
+    def _create_table(self, body: Buffer) -> tuple[list[Buffer], str | None]:
+        table, created = self._store.create(decode_json(body))
+        if created:
+            log.info("created table %r: %s", table.spec.name, table.spec.to_json())
+        return [encode_json({"created": created, "spec": table.spec.to_json()})], table.spec.name
+
+    def _report(self, body: Buffer) -> tuple[list[Buffer], str | None]:
+        request = decode_json(body)
+        name = request.get("table")
+        if not isinstance(name, str):
+            raise PSError(f"report: table must be a table name, got {name!r}")
+        table = self._store.table(name)
+        table.report(worker=request.get("worker"), name=request.get("name"),
+                     value=request.get("value"), count=request.get("count", 1))
+        return [], table.spec.name
+
+    def _status(self, body: Buffer) -> tuple[list[Buffer], str | None]:
+        return [encode_json(self._status_document())], None
+
+    def _stop(self, body: Buffer) -> tuple[list[Buffer], str | None]:
+        name = decode_json(body).get("table")
+        if name is not None and not isinstance(name, str):
+            raise PSError(f"stop: table must be a table name or null, got {name!r}")
+        self._store.stop(name)
+        log.info("stop requested for %s", f"table {name!r}" if name else "all tables")
+        return [], name
+
+    def _request_stop_all(self, body: Buffer) -> tuple[list[Buffer], str | None]:
+        """Shutdown: flag every worker to stop; the connection loop then ends the server."""
+        self._store.stop_all = True
+        log.info("shutdown requested")
+        return [], None
+
+    def _status_document(self) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "protocol_version": VERSION,
+            "address": self._address,
+            "started_at": self._started_at,
+            "uptime_s": now - self._started_at,
+            "stop": self._store.stop_all,
+            "clients": self._clients,
+            "updates": self._store.total_updates(),
+            **asdict(self._traffic),
+            "tables": self._store.status(),
+        }

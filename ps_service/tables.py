@@ -1,0 +1,229 @@
+"""Named tables of float32 weights: a spec, the weights, their optimizer and reports.
+
+A table is ``size`` keys by ``width`` columns (1 for logistic regression, k+1 for a
+matrix-factorisation factor with its bias). Every push is validated completely before
+anything is written, so a bad request never leaves a table half-updated.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ps_service.errors import PSError
+from ps_service.optimizers import make_optimizer, resolve_options
+
+INITIALIZERS = ("zeros", "normal")
+MAX_NAME_LENGTH = 200
+_SPEC_FIELDS = ("name", "size", "width", "optimizer", "initializer", "init_scale", "seed")
+_SPEC_DEFAULTS: Mapping[str, Any] = {
+    "width": 1,
+    "optimizer": "sgd",
+    "initializer": "zeros",
+    "init_scale": 0.01,
+    "seed": 0,
+}
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """Everything that defines a table; two create requests with equal specs are the same table."""
+
+    name: str
+    size: int
+    width: int
+    optimizer: str
+    options: dict[str, float]
+    initializer: str
+    init_scale: float
+    seed: int
+
+    @classmethod
+    def from_request(cls, request: Mapping[str, Any]) -> TableSpec:
+        """Split a create_table request into table fields and optimizer options, and check both."""
+        fields = {**_SPEC_DEFAULTS, **{k: v for k, v in request.items() if k in _SPEC_FIELDS}}
+        options = {k: v for k, v in request.items() if k not in _SPEC_FIELDS}
+        name = _check_name(fields.get("name"))
+        return cls(
+            name=name,
+            size=_check_int(name, "size", fields.get("size"), minimum=1),
+            width=_check_int(name, "width", fields["width"], minimum=1),
+            optimizer=str(fields["optimizer"]),
+            options=resolve_options(str(fields["optimizer"]), options),
+            initializer=_check_initializer(name, fields["initializer"]),
+            init_scale=_check_scale(name, fields["init_scale"]),
+            seed=_check_int(name, "seed", fields["seed"], minimum=0),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def differences(self, other: TableSpec) -> list[str]:
+        mine, theirs = self.to_json(), other.to_json()
+        return [f"{key} {mine[key]!r} != {theirs[key]!r}" for key in mine if mine[key] != theirs[key]]
+
+
+class Table:
+    """The weights of one model and the optimizer state that updates them."""
+
+    def __init__(self, spec: TableSpec, *, max_reports: int) -> None:
+        self.spec = spec
+        self.weights = initial_weights(spec)
+        self.optimizer = make_optimizer(spec.optimizer, self.weights.shape, spec.options)
+        self.updates = 0
+        self.stop = False
+        self.reports: deque[dict[str, Any]] = deque(maxlen=max_reports)
+
+    def pull(self, keys: np.ndarray) -> np.ndarray:
+        self._check_keys(keys)
+        return self.weights[keys]
+
+    def push(self, keys: np.ndarray, grads: np.ndarray) -> None:
+        self._check_gradients(keys, grads)
+        self._apply(keys, grads)
+
+    def push_pull(self, keys: np.ndarray, grads: np.ndarray, next_keys: np.ndarray) -> np.ndarray:
+        """Check both halves before applying either, so an error leaves the table untouched."""
+        self._check_gradients(keys, grads)
+        self._check_keys(next_keys)
+        self._apply(keys, grads)
+        return self.weights[next_keys]
+
+    def get(self) -> np.ndarray:
+        """A copy, so later pushes cannot change a snapshot that is still being sent."""
+        return self.weights.copy()
+
+    def set(self, values: np.ndarray) -> None:
+        """Replace the weights (warm start, restore); the optimizer state is kept."""
+        if values.shape != self.weights.shape:
+            raise PSError(
+                f"table {self.spec.name!r} has shape {self.weights.shape}; "
+                f"set_table sent {values.shape}"
+            )
+        self._check_finite(np.arange(len(values)), values, "set_table")
+        self.weights[...] = values
+
+    def report(self, *, worker: Any, name: Any, value: Any, count: Any) -> None:
+        """Keep a metric a worker or evaluator measured, for the dashboard and early stopping."""
+        table = self.spec.name
+        if not isinstance(name, str) or not name:
+            raise PSError(f"report to table {table!r}: metric name must be a non-empty string, got {name!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise PSError(f"report {name!r} to table {table!r}: value must be a finite number, got {value!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise PSError(f"report {name!r} to table {table!r}: count must be an integer >= 1, got {count!r}")
+        if worker is not None and not isinstance(worker, (str, int)):
+            raise PSError(f"report {name!r} to table {table!r}: worker must be a string or integer, got {worker!r}")
+        self.reports.append(
+            {"t": time.time(), "worker": worker, "name": name, "value": float(value), "count": count}
+        )
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec.to_json(),
+            "updates": self.updates,
+            "stop": self.stop,
+            "reports": list(self.reports),
+        }
+
+    def _apply(self, keys: np.ndarray, grads: np.ndarray) -> None:
+        rows, summed = sum_duplicates(keys, grads)
+        self.optimizer.apply(self.weights, rows, summed)
+        self.updates += 1
+
+    def _check_keys(self, keys: np.ndarray) -> None:
+        if not len(keys):
+            return
+        if keys.min() < 0 or keys.max() >= self.spec.size:
+            bad = keys[(keys < 0) | (keys >= self.spec.size)][0]
+            raise PSError(
+                f"table {self.spec.name!r} has {self.spec.size} keys (0..{self.spec.size - 1}); "
+                f"key {int(bad)} is out of range; nothing was applied"
+            )
+
+    def _check_gradients(self, keys: np.ndarray, grads: np.ndarray) -> None:
+        if grads.shape != (len(keys), self.spec.width):
+            raise PSError(
+                f"table {self.spec.name!r} rows have width {self.spec.width}; the push sent "
+                f"gradients of shape {grads.shape} for {len(keys)} keys; nothing was applied"
+            )
+        self._check_keys(keys)
+        self._check_finite(keys, grads, "push")
+
+    def _check_finite(self, keys: np.ndarray, values: np.ndarray, operation: str) -> None:
+        if not np.isfinite(values).all():
+            bad = keys[~np.isfinite(values).all(axis=1)][0]
+            raise PSError(
+                f"{operation} to table {self.spec.name!r} has a NaN or infinite value for key "
+                f"{int(bad)}; nothing was applied"
+            )
+
+
+def sum_duplicates(keys: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique keys and the summed gradient rows of each, without a Python loop over keys.
+
+    Sorting the keys alone (not argsort) is cheap and tells whether any repeat; only
+    then are the rows summed, with one ``bincount`` over (row, column) slots.
+    """
+    sorted_keys = np.sort(keys)
+    distinct = np.empty(len(keys), dtype=bool)
+    distinct[:1] = True
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=distinct[1:])
+    if distinct.all():
+        return keys, grads
+    rows = sorted_keys[distinct]
+    width = grads.shape[1]
+    slots = np.searchsorted(rows, keys)
+    if width > 1:
+        slots = (slots[:, None] * width + np.arange(width)).ravel()
+    summed = np.bincount(slots, weights=grads.ravel(), minlength=len(rows) * width)
+    return rows, summed.reshape(len(rows), width).astype(np.float32)
+
+
+def initial_weights(spec: TableSpec) -> np.ndarray:
+    """Zeros, or normal(0, init_scale) from ``seed`` so reruns start from the same point."""
+    shape = (spec.size, spec.width)
+    try:
+        if spec.initializer == "zeros":
+            return np.zeros(shape, dtype=np.float32)
+        rng = np.random.default_rng(spec.seed)
+        weights = rng.standard_normal(shape, dtype=np.float32)
+        weights *= np.float32(spec.init_scale)
+        return weights
+    except MemoryError:
+        raise PSError(
+            f"table {spec.name!r} of {spec.size} x {spec.width} float32 does not fit in the "
+            "server's memory; shard it or reduce its size"
+        ) from None
+
+
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str) or not name or len(name.encode()) > MAX_NAME_LENGTH:
+        raise PSError(f"table name must be a non-empty string of at most {MAX_NAME_LENGTH} bytes, got {name!r}")
+    return name
+
+
+def _check_int(table: str, what: str, value: Any, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise PSError(f"table {table!r}: {what} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_initializer(table: str, value: Any) -> str:
+    if value not in INITIALIZERS:
+        raise PSError(
+            f"table {table!r}: initializer must be one of {', '.join(INITIALIZERS)}, got {value!r}"
+        )
+    return value
+
+
+def _check_scale(table: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise PSError(f"table {table!r}: init_scale must be a finite number >= 0, got {value!r}")
+    return float(value)

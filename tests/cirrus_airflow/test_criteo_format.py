@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cirrus_airflow.formats import criteo
+from cirrus_airflow.numeric import ColumnStats
+
+SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "criteo-sample" / "criteo_sample.csv"
+
+
+def _row(label="1", ints=None, cats=None, sep="\t") -> str:
+    ints = ints if ints is not None else [str(i) for i in range(13)]
+    cats = cats if cats is not None else [f"{i:08x}" for i in range(26)]
+    return sep.join([label, *ints, *cats])
+
+
+def test_sniff_tells_tsv_from_csv_with_header():
+    assert criteo.sniff(_row().encode(), "f") == criteo.CriteoDialect("\t", False)
+    header = ",".join(criteo.COLUMNS)
+    assert criteo.sniff(f"{header}\n{_row(sep=',')}".encode(), "f") == criteo.CriteoDialect(",", True)
+    with pytest.raises(ValueError, match="has 3 comma-separated fields"):
+        criteo.sniff(b"1,2,3\n", "f")
+
+
+def test_parse_values_missing_and_hashes():
+    ints = ["", "-2", "3.0"] + ["1"] * 10
+    cats = [""] + ["abc"] * 25
+    text = "\n".join([_row("0", ints, cats), _row("1")]) + "\n"
+    block = criteo.parse_block(text.encode(), criteo.CriteoDialect("\t", False), first_line=10,
+                               skip_header=False, hash_seed=5)
+    rows = block.rows
+    assert len(rows) == 2 and block.lines == 2 and not len(block.rejected)
+    assert rows.labels.tolist() == [0.0, 1.0]
+    assert np.isnan(rows.integers[0, 0]) and rows.integers[0, 1] == -2 and rows.integers[0, 2] == 3
+    assert rows.lines.tolist() == [10, 11]
+    # The same token in two columns hashes differently; an empty token is a value of its own.
+    assert rows.categorical[0, 1] != rows.categorical[0, 2]
+    assert rows.categorical[0, 1] != rows.categorical[1, 1]
+    again = criteo.parse_block(text.encode(), criteo.CriteoDialect("\t", False), first_line=1,
+                               skip_header=False, hash_seed=5)
+    assert np.array_equal(again.rows.categorical, rows.categorical)
+
+
+def test_bad_rows_are_rejected_with_reason_and_line_number():
+    lines = [
+        _row(),
+        "1\t2\t3",
+        _row(label="2"),
+        _row(ints=["x"] + ["1"] * 12),
+        "",
+        _row(label=""),
+        _row(ints=["inf"] + ["1"] * 12),
+        _row(),
+    ]
+    block = criteo.parse_block(("\n".join(lines)).encode(), criteo.CriteoDialect("\t", False), first_line=1,
+                               skip_header=False, hash_seed=0)
+    assert len(block.rows) == 2 and block.rows.lines.tolist() == [1, 8]
+    assert block.blank == 1
+    got = sorted(zip(block.rejected.lines, block.rejected.reasons))
+    assert got == [(2, "wrong_field_count"), (3, "bad_label"), (4, "bad_number"), (6, "bad_label"), (7, "bad_number")]
+    assert block.rejected.texts[block.rejected.lines.index(2)] == "1\t2\t3"
+
+
+def test_transform_layout():
+    block = criteo.parse_block((_row(ints=[""] + ["4"] * 12) + "\n").encode(), criteo.CriteoDialect("\t", False),
+                               first_line=1, skip_header=False, hash_seed=0)
+    features = criteo.CriteoFeatures(hash_bits=4, hash_seed=0, log_transform=True, normalize="none")
+    features = criteo.CriteoFeatures(**{**features.__dict__, "stats": ColumnStats.of(features.numeric_view(block.rows.integers))})
+    sparse = features.transform(block.rows)
+    idx, val = sparse.indices.tolist(), sparse.values.tolist()
+    assert features.feature_dim == 26 + 16
+    assert idx[:12] == list(range(1, 13)) and np.allclose(val[:12], np.log1p(4))
+    assert idx[12] == 13 and val[12] == 1.0  # I1 is missing: its indicator is on
+    assert all(26 <= i < 42 for i in idx[13:]) and len(idx) == 12 + 1 + 26
+    assert criteo.CriteoFeatures.from_json(features.to_json()).to_json() == features.to_json()
+
+
+@pytest.mark.skipif(not SAMPLE.exists(), reason="../shared/data is not present")
+def test_the_real_criteo_sample_parses_without_rejects():
+    data = SAMPLE.read_bytes()
+    dialect = criteo.sniff(data[:4096], str(SAMPLE))
+    assert dialect == criteo.CriteoDialect(",", True)
+    block = criteo.parse_block(data, dialect, first_line=1, skip_header=True, hash_seed=0)
+    assert not len(block.rejected)
+    assert len(block.rows) == block.lines - 1 >= 199
+    assert set(block.rows.labels.tolist()) <= {0.0, 1.0}
+    assert np.isnan(block.rows.integers).any()  # blanks are missing values

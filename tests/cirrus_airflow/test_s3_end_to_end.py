@@ -1,0 +1,64 @@
+"""The S3 path for real: a moto server on 127.0.0.1, reached by the driver through the
+Amazon provider's hooks and by the local runtime's workers through the credentials
+and endpoint that the Airflow connection gave them - no AWS settings in the
+environment at all."""
+
+import json
+import os
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from cirrus_airflow.datasets import write_synthetic_criteo
+from cirrus_airflow.hooks import CirrusHook
+from cirrus_airflow.preprocess import PreprocessConfig, run_preprocess
+from cirrus_airflow.shards import read_manifest
+from cirrus_airflow.training import TrainConfig, TrainingJob
+
+
+@pytest.fixture
+def moto_endpoint(monkeypatch, tmp_path):
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AIRFLOW_CONN_MOTO", json.dumps({
+        "conn_type": "aws", "login": "moto-key", "password": "moto-secret",
+        "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+    }))
+    yield endpoint
+    server.stop()
+
+
+def test_preprocess_and_train_over_s3_with_credentials_from_the_connection(moto_endpoint, tmp_path):
+    hook = CirrusHook(aws_conn_id="moto", executor="local", max_concurrency=3)
+    env = hook.worker_environment()
+    assert env["AWS_ENDPOINT_URL_S3"] == moto_endpoint and env["AWS_ACCESS_KEY_ID"] == "moto-key"
+    storage = hook.get_storage()
+    storage.s3.create_bucket(Bucket="clicks")
+    write_synthetic_criteo(storage, "s3://clicks/raw/day-0.tsv", rows=12_000, seed=9)
+    write_synthetic_criteo(storage, "s3://clicks/raw/day-1.csv", rows=8_000, seed=10, dialect="csv")
+
+    with hook.get_executor() as executor:
+        prep = run_preprocess(
+            PreprocessConfig(inputs=["s3://clicks/raw"], output="s3://clicks/shards", hash_bits=14, workers=3),
+            storage=storage, executor=executor)
+        assert prep["rows_written"] == 20_000 and prep["manifest_uri"] == "s3://clicks/shards/_manifest.json"
+        summary = TrainingJob(TrainConfig(data="s3://clicks/shards", output="s3://clicks/runs/1", workers=2,
+                                          epochs=2, poll_interval_s=0.2),
+                              storage=storage, executor=executor).run()
+
+    assert summary["model_uri"] == "s3://clicks/runs/1/model"
+    assert summary["test_logloss"] < summary["baseline_logloss"]
+    keys = {o["Key"] for o in boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1",
+                                           aws_access_key_id="k", aws_secret_access_key="s")
+            .list_objects_v2(Bucket="clicks")["Contents"]}
+    assert {"shards/_manifest.json", "runs/1/model/weights.npy", "runs/1/model/model.json",
+            "runs/1/metrics.jsonl", "runs/1/summary.json"} <= keys
+    assert read_manifest(storage, "s3://clicks/shards").rows("train") == prep["train_rows"]

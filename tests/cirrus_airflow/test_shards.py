@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from cirrus_airflow.shards import Manifest, ShardReader, SparseRows, read_manifest, write_manifest, write_shard
+from cirrus_airflow.storage import Storage, StorageError
+
+
+def _rows(n=1000, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, 8, n)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    return SparseRows(
+        labels=rng.integers(0, 2, n).astype(np.float32),
+        indptr=indptr,
+        indices=rng.integers(0, 1 << 20, indptr[-1]).astype(np.int32),
+        values=rng.random(indptr[-1]).astype(np.float32),
+    )
+
+
+def _same(a: SparseRows, b: SparseRows) -> bool:
+    return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ("labels", "indptr", "indices", "values"))
+
+
+def test_shard_round_trip_by_row_group(tmp_path):
+    rows = _rows()
+    uri = str(tmp_path / "part-00000.parquet")
+    entry = write_shard(Storage(), uri, rows, row_group_rows=300)
+    assert entry == {"rows": 1000, "row_groups": 4}
+    reader = ShardReader(Storage(), uri)
+    assert reader.num_row_groups == 4
+    assert _same(SparseRows.concat(list(reader)), rows)
+    assert _same(reader.row_group(1), rows.slice(300, 600))
+    assert _same(reader.read_all(), rows)
+
+
+def test_take_slice_and_concat_agree():
+    rows = _rows(50)
+    picked = rows.take(np.array([3, 0, 49, 3]))
+    assert picked.labels.tolist() == rows.labels[[3, 0, 49, 3]].tolist()
+    assert picked.indices.tolist() == (
+        rows.slice(3, 4).indices.tolist() + rows.slice(0, 1).indices.tolist()
+        + rows.slice(49, 50).indices.tolist() + rows.slice(3, 4).indices.tolist()
+    )
+    assert _same(SparseRows.concat([rows.slice(0, 20), rows.slice(20, 50)]), rows)
+
+
+def test_schema_is_the_contract(tmp_path):
+    table = _rows(3).to_arrow()
+    assert [str(t) for t in table.schema.types] == ["float", "list<item: int32>", "list<item: float>"]
+    with pytest.raises(ValueError, match="not a sparse shard"):
+        SparseRows.from_arrow(table.drop_columns(["values"]))
+
+
+def test_manifest_round_trip_and_missing_manifest_message(tmp_path):
+    manifest = Manifest(kind="sparse", feature_dim=42, shards={"train": [{"path": "shards/part-00000.parquet",
+                        "rows": 3, "row_groups": 1}], "test": []}, transform={"a": 1}, split={"b": 2},
+                        counts={"rows_read": 3})
+    write_manifest(Storage(), str(tmp_path), manifest)
+    back = read_manifest(Storage(), str(tmp_path))
+    assert back.to_json() == manifest.to_json()
+    assert back.shard_uris(str(tmp_path), "train") == [str(tmp_path / "shards" / "part-00000.parquet")]
+    with pytest.raises(StorageError, match="preprocessing has not finished there"):
+        read_manifest(Storage(), str(tmp_path / "elsewhere"))

@@ -1,0 +1,129 @@
+"""Training end to end on the embedded backends: the local Lambda runtime (worker
+processes behind the Invoke API, through boto3) and a parameter server process."""
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from cirrus_airflow.datasets import write_synthetic_criteo
+from cirrus_airflow.executor import FunctionConfig, LocalLambdaExecutor
+from cirrus_airflow.preprocess import PreprocessConfig, run_preprocess
+from cirrus_airflow.storage import Storage
+from cirrus_airflow.training import TrainConfig, TrainingError, TrainingJob
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    write_synthetic_criteo(Storage(), str(root / "clicks.tsv"), rows=40_000, seed=5)
+    config = PreprocessConfig(inputs=[str(root / "clicks.tsv")], output=str(root / "shards"), hash_bits=16,
+                              workers=3, row_group_rows=2000)
+    with LocalLambdaExecutor(function=FunctionConfig(concurrency=3)) as executor:
+        summary = run_preprocess(config, storage=Storage(), executor=executor)
+    return root / "shards", summary
+
+
+def _children() -> list[str]:
+    """Command lines of this process's live child processes."""
+    out = []
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except FileNotFoundError:
+                pass
+    return out
+
+
+def _executor(**function):
+    return LocalLambdaExecutor(function=FunctionConfig(**{"concurrency": 3, **function}))
+
+
+def test_training_beats_the_base_rate_and_leaves_a_model(shards, tmp_path):
+    data, prep = shards
+    with _executor() as executor:
+        summary = TrainingJob(TrainConfig(data=str(data), output=str(tmp_path / "run"), workers=3, epochs=2,
+                                          poll_interval_s=0.2),
+                              storage=Storage(), executor=executor).run()
+    assert summary["examples"] == 2 * prep["train_rows"]
+    assert summary["stopped_by"] == "epochs" and summary["invocations"] == 3
+    assert summary["test_rows"] == prep["test_rows"]
+    assert summary["test_auc"] > 0.68
+    assert summary["test_logloss"] < summary["baseline_logloss"] - 0.02
+    assert summary["test_accuracy"] > 0.75
+    assert (tmp_path / "run" / "model" / "weights.npy").exists()
+    meta = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
+    assert meta["transform"]["hash_bits"] == 16 and "ps_token" not in meta["config"]
+    curve = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert curve and curve[-1]["updates"] > 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["model_uri"] == summary["model_uri"]
+    assert json.dumps(summary)  # XCom-able: plain JSON
+
+
+def test_workers_hand_over_before_the_lambda_time_limit(shards, tmp_path):
+    data, prep = shards
+    with _executor(timeout_s=4.5) as executor:
+        summary = TrainingJob(TrainConfig(data=str(data), output=str(tmp_path / "run"), workers=2, epochs=6,
+                                          poll_interval_s=0.2),
+                              storage=Storage(), executor=executor).run()
+    assert summary["invocations"] > 2  # fresh invocations took over
+    assert summary["examples"] == 6 * prep["train_rows"]  # and none lost or repeated work
+    assert summary["test_auc"] > 0.68
+
+
+def test_time_budget_stops_training(shards, tmp_path):
+    data, _ = shards
+    with _executor() as executor:
+        summary = TrainingJob(TrainConfig(data=str(data), output=str(tmp_path / "run"), workers=2, epochs=10_000,
+                                          time_budget_s=3, poll_interval_s=0.2),
+                              storage=Storage(), executor=executor).run()
+    assert summary["stopped_by"] == "time_budget"
+    assert summary["train_seconds"] < 60
+
+
+def test_cancel_stops_workers_and_the_parameter_server(shards, tmp_path):
+    data, _ = shards
+    executor = _executor()
+    points = []
+    job = TrainingJob(TrainConfig(data=str(data), output=str(tmp_path / "run"), workers=2, epochs=10_000,
+                                  poll_interval_s=0.2),
+                      storage=Storage(), executor=executor, progress=points.append)
+    started = threading.Event()
+    timer = threading.Thread(target=lambda: (started.wait(60), job.cancel()))
+    original = job.progress
+    job.progress = lambda p: (original(p), p["updates"] > 0 and started.set())
+    timer.start()
+    with executor, pytest.raises(TrainingError, match="cancelled"):
+        job.run()
+    timer.join()
+    assert started.is_set()
+    assert not (tmp_path / "run" / "model").exists()
+    leftovers = [c for c in _children() if "ps_service" in c or "local_worker" in c]
+    assert leftovers == []
+
+
+def test_a_failing_worker_fails_the_run_with_its_name(shards, tmp_path, inline_executor):
+    data, _ = shards
+    victim = sorted((data / "shards").iterdir())[0]
+    saved = victim.read_bytes()
+    victim.write_bytes(b"not parquet")
+    try:
+        with pytest.raises(TrainingError, match=r"worker \d+ \(generation 0\) failed"):
+            TrainingJob(TrainConfig(data=str(data), output=str(tmp_path / "run"), workers=2, epochs=1),
+                        storage=Storage(), executor=inline_executor).run()
+    finally:
+        victim.write_bytes(saved)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("optimizer", "rmsprop", "optimizer must be one of"),
+    ("workers", 0, "workers must be at least 1"),
+    ("learning_rate", -1.0, "learning_rate must be a positive number"),
+    ("time_budget_s", 0, "time_budget_s must be positive"),
+])
+def test_parameters_are_validated_early(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(data="d", output="o", **{field: value}).validate()

@@ -1,0 +1,64 @@
+"""Shared test set-up: Airflow must see a throw-away home before it is first imported."""
+
+import os
+import tempfile
+from pathlib import Path
+
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="cirrus-airflow-home-"))
+os.environ.setdefault("AIRFLOW_HOME", str(_AIRFLOW_HOME))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
+os.environ.setdefault(
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}"
+)
+
+
+import time as _time
+from typing import Any
+
+import pytest
+
+from cirrus_airflow.executor import InvocationError, ServerlessExecutor
+
+
+class _Context:
+    """A Lambda context for handlers called in-process: a real countdown."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._deadline = _time.monotonic() + timeout_s
+        self.function_name = "inline"
+        self.aws_request_id = "inline"
+        self.memory_limit_in_mb = 1024
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - _time.monotonic()) * 1000))
+
+
+class InlineExecutor(ServerlessExecutor):
+    """Runs the real handler in this process: for testing the drivers' logic quickly.
+    End-to-end tests use the local Lambda runtime instead."""
+
+    def __init__(self, *, max_concurrency: int = 2, timeout_s: float = 900.0) -> None:
+        super().__init__(max_concurrency=max_concurrency)
+        self.timeout_s = timeout_s
+        self.events: list[dict] = []
+
+    def invoke(self, event: dict[str, Any]) -> dict[str, Any]:
+        from lambda_pkg.handler import handler
+
+        self._raise_if_cancelled()
+        self.events.append(event)
+        try:
+            return handler(event, _Context(self.timeout_s))
+        except Exception as exc:  # noqa: BLE001 - reported the way Lambda reports it
+            raise InvocationError(type(exc).__name__, str(exc), event_task=event.get("task")) from exc
+
+    def invoke_async(self, event: dict[str, Any]) -> str:
+        self.submit(event)
+        return "inline"
+
+
+@pytest.fixture
+def inline_executor():
+    with InlineExecutor() as executor:
+        yield executor

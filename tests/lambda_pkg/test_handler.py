@@ -1,0 +1,28 @@
+import subprocess
+import sys
+
+import pytest
+
+from lambda_pkg.handler import handler
+
+
+@pytest.mark.parametrize("event, message", [
+    ({}, "with a 'task' key"),
+    ([], "with a 'task' key"),
+    ({"task": "nope"}, "unknown task 'nope'"),
+    ({"task": "train.worker", "model": "svm"}, "unsupported model 'svm'"),
+    ({"task": "preprocess.stats", "format": "xml"}, "unsupported format 'xml'"),
+])
+def test_bad_events_say_what_is_wrong(event, message):
+    with pytest.raises(ValueError, match=message):
+        handler(event, None)
+
+
+def test_the_lambda_bundle_and_the_parameter_server_never_import_airflow():
+    code = (
+        "import sys, lambda_pkg.handler, ps_service.server, ps_service.client, ps_service.__main__;"
+        "bad = sorted(m for m in sys.modules if m == 'airflow' or m.startswith('airflow.'));"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -1,0 +1,103 @@
+"""The worker loop against a real parameter server, with handovers forced by a short
+Lambda time limit."""
+
+import time
+
+import numpy as np
+import pytest
+
+from cirrus_airflow.shards import SparseRows, write_shard
+from cirrus_airflow.storage import Storage
+from lambda_pkg.data_iterator import Position, minibatches
+from lambda_pkg.train_worker import worker_task
+from ps_service.client import PSClient
+from ps_service.server import ParameterServer
+
+DIM = 100
+
+
+def _shards(tmp_path, n_shards=3, rows=500):
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=DIM)
+    units = []
+    for s in range(n_shards):
+        lengths = np.full(rows, 5)
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        indices = rng.integers(0, DIM, indptr[-1]).astype(np.int32)
+        values = np.ones(indptr[-1], np.float32)
+        margins = np.add.reduceat(truth[indices], indptr[:-1])
+        labels = (rng.random(rows) < 1 / (1 + np.exp(-margins))).astype(np.float32)
+        uri = str(tmp_path / f"part-{s:05d}.parquet")
+        entry = write_shard(Storage(), uri, SparseRows(labels, indptr, indices, values), row_group_rows=100)
+        units += [[uri, g] for g in range(entry["row_groups"])]
+    return units
+
+
+class _Clock:
+    """A Lambda context whose remaining time runs out after a given number of calls."""
+
+    def __init__(self, calls: int) -> None:
+        self.calls = calls
+
+    def get_remaining_time_in_millis(self) -> int:
+        self.calls -= 1
+        return 60_000 if self.calls > 0 else 0
+
+
+@pytest.fixture
+def server():
+    with ParameterServer(token="t0ken") as ps:
+        yield ps
+
+
+def _event(server, units, **kw):
+    return {"task": "train.worker", "model": "lr", "table": "w", "ps": {"address": server.address, "token": "t0ken"},
+            "feature_dim": DIM, "minibatch": 20, "epochs": 2, "seed": 1, "worker_id": 0, "units": units,
+            "report_every": 5, **kw}
+
+
+def test_handover_resumes_where_the_last_invocation_stopped(tmp_path, server):
+    units = _shards(tmp_path)
+    with PSClient(server.address, token="t0ken") as client:
+        client.create_table("w", size=DIM + 1, optimizer="sgd", learning_rate=0.5)
+    results, resume, generation = [], None, 0
+    while True:
+        result = worker_task(_event(server, units, resume=resume, generation=generation), _Clock(calls=17))
+        results.append(result)
+        if result["status"] != "handover":
+            break
+        resume, generation = result["resume"], generation + 1
+    assert len(results) > 3 and results[-1]["status"] == "done"
+    # Every example of both epochs was trained on exactly once, across all the invocations.
+    assert sum(r["examples"] for r in results) == 2 * 3 * 500
+    assert sum(r["updates"] for r in results) == 2 * 3 * 5 * 5
+    with PSClient(server.address, token="t0ken") as client:
+        status = client.status()
+        assert status["tables"]["w"]["updates"] == 150
+        assert any(r["name"] == "train_loss" for r in status["tables"]["w"]["reports"])
+    losses = [r["train_loss"] for r in results]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+
+
+def test_stop_flag_and_deadline_end_the_worker(tmp_path, server):
+    units = _shards(tmp_path, n_shards=1)
+    with PSClient(server.address, token="t0ken") as client:
+        client.create_table("w", size=DIM + 1, optimizer="adagrad", learning_rate=0.1)
+        client.stop("w")
+    result = worker_task(_event(server, units), None)
+    assert result["status"] == "stopped" and result["updates"] == 1
+    with PSClient(server.address, token="t0ken") as client:
+        client.create_table("w2", size=DIM + 1, optimizer="sgd", learning_rate=0.1)
+    result = worker_task(_event(server, units, table="w2", deadline=time.time() - 1), None)
+    assert result["status"] == "deadline" and result["updates"] == 1
+
+
+def test_positions_cover_every_minibatch_once_from_any_start(tmp_path):
+    units = _shards(tmp_path, n_shards=2, rows=250)
+    run = lambda start: [(p, len(rows)) for p, rows in minibatches(  # noqa: E731
+        [tuple(u) for u in units], storage=Storage(), minibatch=40, epochs=2, seed=3, worker=1, start=start)]
+    full = run(Position())
+    assert sum(n for _, n in full) == 2 * 500
+    # Resuming from the position after any batch gives exactly the rest.
+    for cut in (1, 7, len(full) // 2, len(full) - 1):
+        assert run(full[cut - 1][0]) == full[cut:]
