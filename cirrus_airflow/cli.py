@@ -11,14 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cirrus_airflow.executor import InvocationError, ServerlessExecutor
+from cirrus_airflow.executor import ExecutorSettings, InvocationError, ServerlessExecutor
+from cirrus_airflow.executor.settings import EXECUTOR_ENV, EXECUTORS, default_executor_kind
 from cirrus_airflow.numeric import NORMALIZERS
 from cirrus_airflow.preprocess import FORMATS, PreprocessConfig, PreprocessError, run_preprocess
 from cirrus_airflow.report import format_table
@@ -32,14 +32,11 @@ EXIT_BAD_INPUT = 2
 class _Progress:
     """A one-line progress bar on a terminal, plain lines otherwise."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
-        self.enabled = enabled
         self._open = False
 
     def stage(self, stage: str, done: int, total: int) -> None:
-        if not self.enabled:
-            return
         if self.tty:
             filled = int(30 * done / max(1, total))
             sys.stderr.write(f"\r{stage:<12} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
@@ -51,8 +48,6 @@ class _Progress:
         sys.stderr.flush()
 
     def line(self, text: str) -> None:
-        if not self.enabled:
-            return
         if self.tty:
             sys.stderr.write(f"\r{text:<70}")
             self._open = True
@@ -67,22 +62,15 @@ class _Progress:
 
 
 def _executor(args: argparse.Namespace) -> ServerlessExecutor:
-    from cirrus_airflow.executor import FunctionConfig, LambdaExecutor, LocalLambdaExecutor
-    from cirrus_airflow.executor.lambda_executor import lambda_client_config
-
-    if args.executor == "lambda":
-        import boto3
-
-        client = boto3.client("lambda", config=lambda_client_config(args.worker_timeout))
-        return LambdaExecutor(client, args.function_name, max_concurrency=args.concurrency)
-    function = FunctionConfig(memory_mb=args.worker_memory, timeout_s=args.worker_timeout, concurrency=args.concurrency)
-    return LocalLambdaExecutor(function_name=args.function_name, function=function, max_concurrency=args.concurrency)
+    return ExecutorSettings(kind=args.executor, function_name=args.function_name, memory_mb=args.worker_memory,
+                            timeout_s=args.worker_timeout, concurrency=args.concurrency).build()
 
 
 def _add_executor_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("serverless executor")
-    g.add_argument("--executor", choices=("local", "lambda"), default=os.environ.get("CIRRUS_EXECUTOR", "local"),
-                   help="local: embedded Lambda runtime; lambda: a deployed function (default: %(default)s)")
+    g.add_argument("--executor", choices=EXECUTORS, default=default_executor_kind(),
+                   help=f"local: embedded Lambda runtime; lambda: a deployed function (default: %(default)s, "
+                        f"from {EXECUTOR_ENV})")
     g.add_argument("--function-name", default="cirrus-worker", help="Lambda function to invoke")
     g.add_argument("--worker-memory", type=int, default=1024, metavar="MB", help="memory of a worker")
     g.add_argument("--worker-timeout", type=float, default=900.0, metavar="S", help="time limit of one invocation")
@@ -104,7 +92,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         data=args.data, output=args.output, model=args.model, workers=args.workers,
         learning_rate=args.learning_rate, optimizer=args.optimizer, l2=args.l2, minibatch=args.minibatch,
         epochs=args.epochs, time_budget_s=args.time_budget, seed=args.seed,
-        ps_address=args.ps_address, ps_token=token,
+        handover_margin_s=args.handover_margin, ps_address=args.ps_address, ps_token=token,
     )
 
 
@@ -234,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minibatch", type=int, default=256)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--time-budget", type=float, default=None, metavar="S")
+    p.add_argument("--handover-margin", type=float, default=10.0, metavar="S",
+                   help="hand over to a fresh invocation this long before the worker's time limit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ps-address", default=None, metavar="HOST:PORT", help="use this parameter server")
     p.add_argument("--ps-token-file", default=None, metavar="F", help="file holding that server's token")
@@ -279,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    progress = _Progress(enabled=not getattr(args, "json", False) or sys.stderr.isatty())
+    progress = _Progress()
     try:
         result: Any = args.func(args, progress)
     except (ValueError, PreprocessError, StorageError) as exc:

@@ -78,13 +78,24 @@ def hash_strings(values: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
     buffers = values.buffers()
     offsets = np.frombuffer(buffers[1], dtype=offset_dtype)[values.offset : values.offset + n + 1]
     data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.empty(0, np.uint8)
-    # Pad so that an unaligned 8-byte read at any value start stays inside the buffer.
-    padded = np.zeros(len(data) + 8, dtype=np.uint8)
-    padded[: len(data)] = data
-    words_at = np.ndarray(shape=(len(data) + 1,), dtype="<u8", buffer=padded, strides=(1,))
+    return hash_spans(data, offsets[:-1], offsets[1:] - offsets[:-1], seed)
 
-    starts = offsets[:-1].astype(np.int64)
-    lengths = (offsets[1:] - offsets[:-1]).astype(np.int64)
+
+def hash_spans(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, seed: int) -> np.ndarray:
+    """The hash of every byte span data[start : start + length], as uint64.
+
+    Spans may lie anywhere in ``data`` (fields of text lines need not be copied out).
+    """
+    n = len(starts)
+    if len(data) < 8:
+        data = np.concatenate([data, np.zeros(8 - len(data), dtype=np.uint8)])
+    data = np.ascontiguousarray(data)
+    # Unaligned 8-byte reads at every offset, as a view: no copy of the block.
+    words_at = np.ndarray(shape=(len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))
+    last = len(data) - 8
+
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
     h = np.full(n, _fmix64_int(seed ^ SEED_SALT), dtype=np.uint64)
     longest = int(lengths.max()) if n else 0
     if longest > 8:
@@ -94,8 +105,12 @@ def hash_strings(values: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
     for word in range(0, max((longest + 7) // 8, 1)):
         active = n if word == 0 else int(np.count_nonzero(lengths > 8 * word))
         pos = starts[:active] + 8 * word
-        remaining = np.clip(lengths[:active] - 8 * word, 0, 8)
-        w = words_at[pos] & _WORD_MASKS[remaining]
+        # A word that would run past the end is read from the last 8 bytes and shifted
+        # down, which zero-fills it as the definition's padding does.
+        overhang = np.clip(pos - last, 0, 7).astype(np.uint64)
+        w = words_at[np.minimum(pos, last)] >> (overhang * np.uint64(8))
+        if longest < 8 * (word + 1) or (lengths[:active] < 8 * (word + 1)).any():
+            w = w & _WORD_MASKS[np.clip(lengths[:active] - 8 * word, 0, 8)]
         h[:active] = fmix64(h[:active] ^ w)
     h = fmix64(h ^ lengths.astype(np.uint64))
     if longest > 8:

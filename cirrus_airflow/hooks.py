@@ -17,19 +17,10 @@ from airflow.providers.amazon.aws.hooks.lambda_function import LambdaHook
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.sdk import BaseHook, conf
 
-from cirrus_airflow.executor import FunctionConfig, LambdaExecutor, LocalLambdaExecutor, ServerlessExecutor
-from cirrus_airflow.executor.lambda_executor import lambda_client_config
+from cirrus_airflow.executor import ExecutorSettings, ServerlessExecutor
 from cirrus_airflow.storage import Storage
 
 log = logging.getLogger(__name__)
-
-EXECUTORS = ("local", "lambda")
-
-
-def default_executor() -> str:
-    """The executor when a task names none: ``[cirrus] executor`` (env
-    ``AIRFLOW__CIRRUS__EXECUTOR``), else the embedded ``local`` runtime."""
-    return conf.get("cirrus", "executor", fallback="local")
 
 
 class CirrusHook(BaseHook):
@@ -37,51 +28,30 @@ class CirrusHook(BaseHook):
 
     ``executor="lambda"`` invokes a deployed function through the connection;
     ``executor="local"`` starts the embedded Lambda runtime, whose workers reach S3
-    with the connection's credentials and endpoint.
+    with the connection's credentials and endpoint. The default is ``[cirrus]
+    executor`` (``AIRFLOW__CIRRUS__EXECUTOR``), else ``local``.
     """
 
     conn_name_attr = "aws_conn_id"
     default_conn_name = "aws_default"
     hook_name = "Cirrus serverless"
 
-    def __init__(
-        self,
-        *,
-        aws_conn_id: str | None = "aws_default",
-        executor: str | None = None,
-        function_name: str = "cirrus-worker",
-        worker_memory_mb: int = 1024,
-        worker_timeout_s: float = 900.0,
-        max_concurrency: int = 8,
-    ) -> None:
+    def __init__(self, *, aws_conn_id: str | None = "aws_default", settings: ExecutorSettings | None = None) -> None:
         super().__init__()
         self.aws_conn_id = aws_conn_id
-        self.executor_kind = executor or default_executor()
-        if self.executor_kind not in EXECUTORS:
-            raise ValueError(f"executor must be one of {EXECUTORS}, got {self.executor_kind!r}")
-        self.function_name = function_name
-        self.worker_memory_mb = worker_memory_mb
-        self.worker_timeout_s = worker_timeout_s
-        self.max_concurrency = max_concurrency
-
-    def get_conn(self) -> ServerlessExecutor:
-        return self.get_executor()
+        self.settings = settings or ExecutorSettings(kind=conf.get("cirrus", "executor", fallback="local"))
 
     def get_storage(self) -> Storage:
         return Storage(s3_client_factory=lambda: S3Hook(aws_conn_id=self.aws_conn_id).get_conn())
 
     def get_executor(self) -> ServerlessExecutor:
-        if self.executor_kind == "lambda":
-            client = LambdaHook(aws_conn_id=self.aws_conn_id, config=lambda_client_config(self.worker_timeout_s)).conn
-            return LambdaExecutor(client, self.function_name, max_concurrency=self.max_concurrency)
-        function = FunctionConfig(
-            memory_mb=self.worker_memory_mb,
-            timeout_s=self.worker_timeout_s,
-            concurrency=self.max_concurrency,
-            environment=self.worker_environment(),
-        )
-        return LocalLambdaExecutor(function_name=self.function_name, function=function,
-                                   max_concurrency=self.max_concurrency)
+        """A new executor; close it (use it as a context manager): it owns threads, and
+        with ``local`` a runtime and its worker processes."""
+        if self.settings.kind == "lambda":
+            return self.settings.build(
+                lambda_client=lambda config: LambdaHook(aws_conn_id=self.aws_conn_id, config=config).conn
+            )
+        return self.settings.build(local_environment=self.worker_environment())
 
     def worker_environment(self) -> dict[str, str]:
         """What the local runtime's workers need to reach S3 as this connection does."""
@@ -124,6 +94,18 @@ class ParameterServerHook(BaseHook):
         if not conn.host or not conn.port:
             raise ValueError(f"connection {self.ps_conn_id!r} must set host and port of the parameter server")
         return f"{conn.host}:{conn.port}", conn.password or None
+
+    def test_connection(self) -> tuple[bool, str]:
+        """The UI's Test button: authenticate and ask for the server's status."""
+        from ps_service.client import PSClient
+
+        try:
+            address, token = self.get_conn()
+            with PSClient(address, token=token, timeout=10) as client:
+                status = client.status()
+        except Exception as exc:  # noqa: BLE001 - the UI shows the message
+            return False, str(exc)
+        return True, f"parameter server at {address}: {len(status.get('tables', {}))} table(s), up {status.get('uptime_s', 0):.0f} s"
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from cirrus_airflow.formats.text import plan_ranges
 log = logging.getLogger(__name__)
 
 FORMATS = ("criteo",)
+MAX_HASH_BITS = 26
 Progress = Callable[[str, int, int], None]
 _SNIFF_BYTES = 1 << 16
 
@@ -56,8 +57,11 @@ class PreprocessConfig:
             raise ValueError("output is empty: give the URI of a folder (local path or s3://bucket/prefix)")
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
-        if not 1 <= self.hash_bits <= 30:
-            raise ValueError(f"hash_bits must be between 1 and 30 (2**bits features), got {self.hash_bits}")
+        if not 1 <= self.hash_bits <= MAX_HASH_BITS:
+            raise ValueError(
+                f"hash_bits must be between 1 and {MAX_HASH_BITS} (2**bits features, each a weight and "
+                f"optimizer state on the parameter server), got {self.hash_bits}"
+            )
         if self.normalize not in NORMALIZERS:
             raise ValueError(f"normalize must be one of {NORMALIZERS}, got {self.normalize!r}")
         if not 0.0 <= self.test_fraction < 1.0:

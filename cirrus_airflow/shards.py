@@ -15,13 +15,12 @@ import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cirrus_airflow.storage import Storage, StorageError, is_s3, join, local_path
+from cirrus_airflow.storage import Storage, StorageError, join
 
 SPARSE_SCHEMA = pa.schema(
     [("label", pa.float32()), ("indices", pa.list_(pa.int32())), ("values", pa.list_(pa.float32()))]
@@ -120,16 +119,26 @@ def write_shard(storage: Storage, uri: str, rows: SparseRows, *, row_group_rows:
 
 
 class ShardReader:
-    """Random access to a shard's row groups; local shards are read lazily from disk,
-    S3 shards are fetched once (a worker reads a whole shard anyway)."""
+    """Random access to a shard's row groups: only the footer and the row groups
+    asked for are read (ranged GETs on S3), so a worker holds one block at a time."""
 
     def __init__(self, storage: Storage, uri: str) -> None:
         self.uri = uri
-        source: Any = io.BytesIO(storage.read_bytes(uri)) if is_s3(uri) else str(local_path(uri))
+        self._source = storage.open_input(uri)
         try:
-            self._file = pq.ParquetFile(source)
-        except (FileNotFoundError, OSError) as exc:
-            raise StorageError(f"{uri}: cannot read shard ({exc})") from None
+            self._file = pq.ParquetFile(self._source)
+        except (pa.ArrowInvalid, OSError) as exc:
+            self._source.close()
+            raise StorageError(f"{uri}: not a readable Parquet shard ({exc})") from None
+
+    def close(self) -> None:
+        self._source.close()
+
+    def __enter__(self) -> ShardReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def num_row_groups(self) -> int:

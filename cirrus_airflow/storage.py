@@ -12,13 +12,14 @@ inside a Lambda invocation it comes from boto3's own credential chain, which hon
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urlparse
 
 
@@ -66,12 +67,15 @@ def join(base: str, *parts: str) -> str:
 
 
 def normalize(uri: str) -> str:
-    """A canonical spelling: s3:// URIs unchanged, local ones as absolute paths.
+    """A canonical spelling: no trailing slash, local paths made absolute.
 
     Workers in other processes (or other machines for s3://) receive these URIs, so
     relative paths are resolved once, by the driver.
     """
-    return uri if is_s3(uri) else str(local_path(uri))
+    if is_s3(uri):
+        loc = parse_s3(uri)
+        return f"s3://{loc.bucket}/{loc.key.rstrip('/')}".rstrip("/")
+    return str(local_path(uri))
 
 
 def default_s3_client() -> Any:
@@ -175,6 +179,16 @@ class Storage:
             return []
         return sorted(str(p) for p in root.rglob("*") if p.is_file() and ".tmp-" not in p.name)
 
+    def open_input(self, uri: str) -> BinaryIO:
+        """A seekable reader; on S3 every read is one ranged GET, so a Parquet reader
+        fetches the footer and the row groups it needs, never the whole object."""
+        if is_s3(uri):
+            return io.BufferedReader(_S3RangeFile(self, uri, self.size(uri)), buffer_size=1 << 16)
+        try:
+            return local_path(uri).open("rb")
+        except FileNotFoundError:
+            raise StorageError(f"{uri}: no such file") from None
+
     def delete(self, uri: str) -> None:
         """Remove one object; a missing one is not an error (deletes are retried)."""
         if is_s3(uri):
@@ -212,3 +226,34 @@ class Storage:
                 "(aws_conn_id) and the bucket policy"
             )
         return StorageError(f"{uri}: S3 error {code or type(exc).__name__}: {error.get('Message', exc)}")
+
+
+class _S3RangeFile(io.RawIOBase):
+    """A read-only, seekable view of one S3 object through ranged GETs."""
+
+    def __init__(self, storage: Storage, uri: str, size: int) -> None:
+        super().__init__()
+        self._storage, self._uri, self._size, self._pos = storage, uri, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        end = min(self._size, self._pos + len(buffer))
+        if end <= self._pos:
+            return 0
+        data = self._storage.read_bytes(self._uri, self._pos, end)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)

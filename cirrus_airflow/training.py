@@ -16,9 +16,12 @@ import math
 import secrets
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
+
+import numpy as np
 
 from cirrus_airflow.executor import InvocationError, LocalLambdaExecutor, ServerlessExecutor
 from cirrus_airflow.metrics import BinaryMetrics, constant_log_loss
@@ -32,7 +35,8 @@ log = logging.getLogger(__name__)
 
 MODELS = ("lr",)
 OPTIMIZERS = ("sgd", "adagrad")
-TABLE = "lr_weights"
+# Weights are fetched from the server in chunks of this many keys (frames stay small).
+_FETCH_KEYS = 1 << 22
 
 
 class TrainingError(RuntimeError):
@@ -58,6 +62,7 @@ class TrainConfig:
     ps_token: str | None = None
     report_every: int = 20
     poll_interval_s: float = 1.0
+    handover_margin_s: float = 10.0
 
     def validate(self) -> None:
         if self.model not in MODELS:
@@ -76,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ValueError(f"time_budget_s must be positive (or None for no budget), got {self.time_budget_s}")
+        if self.handover_margin_s <= 0:
+            raise ValueError(f"handover_margin_s must be positive, got {self.handover_margin_s}")
         if not self.data or not self.output:
             raise ValueError("data and output must both be URIs (a local path or s3://bucket/prefix)")
 
@@ -88,7 +95,8 @@ class _Invocation:
 
 
 class TrainingJob:
-    """One training run; ``cancel()`` (from another thread) stops workers and server."""
+    """One training run; ``cancel()`` may be called from another thread (``on_kill``)
+    and stops the workers and the parameter server."""
 
     def __init__(
         self,
@@ -99,10 +107,18 @@ class TrainingJob:
         progress: Callable[[dict], None] | None = None,
     ) -> None:
         config.validate()
+        if config.workers > executor.max_concurrency:
+            raise ValueError(
+                f"workers={config.workers} exceeds the executor's max_concurrency={executor.max_concurrency}: "
+                "the extra workers would wait for a slot instead of training; raise max_concurrency or lower workers"
+            )
         self.config = config
         self.storage = storage
         self.executor = executor
         self.progress = progress
+        # A table of its own: an existing server may hold other runs' tables, or a
+        # stopped table of an earlier attempt of this one.
+        self.table = f"{config.model}-{uuid.uuid4().hex[:12]}"
         self._cancelled = threading.Event()
         self._client: PSClient | None = None
         self._last_report_t = float("-inf")
@@ -112,7 +128,7 @@ class TrainingJob:
         client = self._client
         if client is not None:
             with contextlib.suppress(Exception):
-                client.stop(TABLE)
+                client.stop(self.table)
         self.executor.cancel()
 
     def run(self) -> dict:
@@ -126,26 +142,26 @@ class TrainingJob:
         workers = min(cfg.workers, len(units))
         if workers < cfg.workers:
             log.warning("only %d row groups to train on: using %d workers instead of %d", len(units), workers, cfg.workers)
-        started = time.time()
+        summary_uri = join(output, "summary.json")
+        self.storage.delete(summary_uri)  # a summary, when present, describes a finished run
         with self._parameter_server() as (address, token), PSClient(address, token=token) as client:
             self._client = client
             try:
-                client.create_table(TABLE, size=manifest.feature_dim + 1, width=1, optimizer=cfg.optimizer,
+                client.create_table(self.table, size=manifest.feature_dim + 1, width=1, optimizer=cfg.optimizer,
                                     learning_rate=cfg.learning_rate, l2=cfg.l2)
+                started = time.time()
                 base_event = {
-                    "task": "train.worker", "model": cfg.model, "table": TABLE,
+                    "task": "train.worker", "model": cfg.model, "table": self.table,
                     "ps": {"address": address, "token": token}, "feature_dim": manifest.feature_dim,
                     "minibatch": cfg.minibatch, "epochs": cfg.epochs, "seed": cfg.seed,
-                    "report_every": cfg.report_every,
+                    "report_every": cfg.report_every, "handover_margin_ms": int(cfg.handover_margin_s * 1000),
                     "deadline": None if cfg.time_budget_s is None else started + cfg.time_budget_s,
                 }
-                outcome = self._train(client, base_event, units, workers, started)
-                weights = client.get_table(TABLE).reshape(-1)
+                outcome = self._train(client, base_event, _partition(units, workers), started)
+                train_seconds = time.time() - started
+                weights = _fetch_weights(client, self.table, manifest.feature_dim + 1)
             finally:
                 self._client = None
-        if self._cancelled.is_set():
-            raise TrainingError("training was cancelled; workers and parameter server were stopped")
-        train_seconds = time.time() - started
         model_uri = join(output, "model")
         save_model(self.storage, model_uri, weights, {
             "model": cfg.model, "feature_dim": manifest.feature_dim, "bias_key": manifest.feature_dim,
@@ -170,9 +186,8 @@ class TrainingJob:
             "worker_seconds": outcome["worker_seconds"],
             "stopped_by": outcome["stopped_by"],
             "train_seconds": train_seconds,
-            "seconds": time.time() - started,
         }
-        self.storage.write_text(join(output, "summary.json"), json.dumps(summary, indent=1, sort_keys=True))
+        self.storage.write_text(summary_uri, json.dumps(summary, indent=1, sort_keys=True))
         return summary
 
     @contextlib.contextmanager
@@ -188,15 +203,32 @@ class TrainingJob:
             log.info("started a parameter server at %s (pid %d)", server.address, server.pid)
             yield server.address, token
 
-    def _train(self, client: PSClient, base_event: dict, units: list, workers: int, started: float) -> dict:
+    def _train(self, client: PSClient, base_event: dict, shares: list[list], started: float) -> dict:
+        """Run the workers to the end; on any failure or cancel, stop them all first."""
+        try:
+            outcome = self._run_workers(client, base_event, shares, started)
+        except BaseException:
+            self._stop_everything(client)
+            raise
+        if self._cancelled.is_set():
+            self._stop_everything(client)
+            raise TrainingError("training was cancelled; workers and parameter server were stopped")
+        return outcome
+
+    def _stop_everything(self, client: PSClient) -> None:
+        with contextlib.suppress(Exception):
+            client.stop(self.table)
+        self.executor.cancel()
+
+    def _run_workers(self, client: PSClient, base_event: dict, shares: list[list], started: float) -> dict:
         running: dict[Future, _Invocation] = {}
 
         def launch(worker: int, generation: int, resume: dict | None) -> None:
             event = {**base_event, "worker_id": worker, "generation": generation, "resume": resume,
-                     "units": [list(u) for u in units[worker::workers]]}
+                     "units": [list(u) for u in shares[worker]]}
             running[self.executor.submit(event)] = _Invocation(worker, generation, time.time())
 
-        for w in range(workers):
+        for w in range(len(shares)):
             launch(w, 0, None)
         totals = {"examples": 0, "updates": 0, "invocations": 0, "worker_seconds": 0.0, "loss_sum": 0.0}
         curve: list[dict] = []
@@ -209,7 +241,7 @@ class TrainingJob:
                 inv = running.pop(future)
                 totals["invocations"] += 1
                 totals["worker_seconds"] += time.time() - inv.started
-                result = self._result(future, inv, client)
+                result = _result(future, inv)
                 totals["examples"] += result["examples"]
                 totals["updates"] += result["updates"]
                 totals["loss_sum"] += result["train_loss"] * result["examples"]
@@ -217,9 +249,9 @@ class TrainingJob:
                     launch(inv.worker, inv.generation + 1, result["resume"])
                 elif result["status"] == "deadline":
                     stopped_by = "time_budget"
+                elif result["status"] == "stopped" and stopped_by == "epochs":
+                    stopped_by = "stopped"
             curve.append(self._poll(client, started))
-        if self._cancelled.is_set():
-            stopped_by = "cancelled"
         return {
             **totals,
             "train_loss": totals["loss_sum"] / max(1, totals["examples"]),
@@ -227,20 +259,10 @@ class TrainingJob:
             "stopped_by": stopped_by,
         }
 
-    def _result(self, future: Future, inv: _Invocation, client: PSClient) -> dict:
-        try:
-            return future.result()
-        except InvocationError as exc:
-            client.stop(TABLE)
-            self.executor.cancel()
-            raise TrainingError(
-                f"worker {inv.worker} (generation {inv.generation}) failed: {exc.error_type}: {exc.error_message}"
-            ) from exc
-
     def _poll(self, client: PSClient, started: float) -> dict:
         """One point of the live curve: updates so far, and the mean training loss of
         the reports that arrived since the previous point (by the server's clock)."""
-        table = client.status()["tables"].get(TABLE, {})
+        table = client.status()["tables"].get(self.table, {})
         reports = [r for r in table.get("reports", [])
                    if r["name"] == "train_loss" and r["t"] > self._last_report_t]
         if reports:
@@ -267,6 +289,30 @@ class TrainingJob:
         for result in self.executor.map(events):
             metrics = metrics.merge(BinaryMetrics.from_json(result))
         return metrics
+
+
+def _result(future: Future, inv: _Invocation) -> dict:
+    try:
+        return future.result()
+    except InvocationError as exc:
+        raise TrainingError(
+            f"worker {inv.worker} (generation {inv.generation}) failed: {exc.error_type}: {exc.error_message}"
+        ) from exc
+
+
+def _partition(units: list, workers: int) -> list[list]:
+    """Contiguous runs of (shard, row group) units, one per worker: each worker reads
+    few shards, and no two workers read the same row group."""
+    bounds = np.linspace(0, len(units), workers + 1).astype(int)
+    return [units[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _fetch_weights(client: PSClient, table: str, size: int) -> np.ndarray:
+    """The whole weight vector, pulled in chunks so that no frame gets large."""
+    return np.concatenate([
+        client.pull(table, np.arange(lo, min(lo + _FETCH_KEYS, size), dtype=np.int64)).reshape(-1)
+        for lo in range(0, size, _FETCH_KEYS)
+    ])
 
 
 def _config_json(cfg: TrainConfig) -> dict:

@@ -28,6 +28,7 @@ with DAG(
     schedule=None,
     start_date=datetime(2026, 1, 1),
     catchup=False,
+    max_active_runs=1,  # runs share the shards under root: one at a time
     tags=["cirrus", "example"],
     params={"root": Param(DEFAULT_ROOT, type="string", description="folder or s3:// prefix for all data")},
     doc_md=__doc__,

@@ -7,6 +7,7 @@ worker walks its work units (shard, row group) in its own seeded order each epoc
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,23 +36,34 @@ class Position:
 
 
 class UnitReader:
-    """Reads (shard URI, row group) units, keeping each shard's reader open."""
+    """Reads (shard URI, row group) units, keeping the two most recent shards open
+    (a worker's units come in runs from the same shard, and one is prefetched)."""
+
+    KEEP_OPEN = 2
 
     def __init__(self, storage: Storage) -> None:
         self._storage = storage
-        self._readers: dict[str, ShardReader] = {}
+        self._readers: OrderedDict[str, ShardReader] = OrderedDict()
 
     def read(self, unit: tuple[str, int]) -> SparseRows:
         uri, group = unit
-        reader = self._readers.get(uri)
-        if reader is None:
-            reader = self._readers[uri] = ShardReader(self._storage, uri)
+        reader = self._readers.pop(uri, None) or ShardReader(self._storage, uri)
+        self._readers[uri] = reader
+        while len(self._readers) > self.KEEP_OPEN:
+            self._readers.popitem(last=False)[1].close()
         return reader.row_group(group)
 
 
 def epoch_order(units: list[tuple[str, int]], seed: int, worker: int, epoch: int) -> list[tuple[str, int]]:
-    order = np.random.default_rng([seed, worker, epoch]).permutation(len(units))
-    return [units[i] for i in order]
+    """This epoch's order: the worker's shards shuffled, and the row groups within
+    each shard shuffled, so each shard is opened once per epoch."""
+    rng = np.random.default_rng([seed, worker, epoch])
+    by_shard: dict[str, list[tuple[str, int]]] = {}
+    for unit in units:
+        by_shard.setdefault(unit[0], []).append(unit)
+    shards = list(by_shard.values())
+    return [shard[i] for s in rng.permutation(len(shards)) for shard in [shards[s]]
+            for i in rng.permutation(len(shard))]
 
 
 def minibatches(

@@ -18,6 +18,7 @@ def evaluate_task(event: dict, context: Any) -> dict:
     weights = load_weights(storage, event["weights_uri"])
     metrics = BinaryMetrics.empty()
     for uri in event["shards"]:
-        for rows in ShardReader(storage, uri):
-            metrics = metrics.merge(BinaryMetrics.of(predict_margins(rows, weights), rows.labels))
+        with ShardReader(storage, uri) as reader:
+            for rows in reader:
+                metrics = metrics.merge(BinaryMetrics.of(predict_margins(rows, weights), rows.labels))
     return metrics.to_json()

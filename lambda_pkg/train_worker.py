@@ -19,8 +19,6 @@ from cirrus_airflow.storage import Storage
 from lambda_pkg.data_iterator import Position, minibatches
 from ps_service.client import PSClient
 
-DEFAULT_SAFETY_MARGIN_MS = 3000
-
 
 def worker_task(event: dict, context: Any) -> dict:
     if event.get("model") != "lr":
@@ -30,7 +28,7 @@ def worker_task(event: dict, context: Any) -> dict:
         raise ValueError("train.worker got no work units; the driver must give each worker at least one")
     table = event["table"]
     bias_key = int(event["feature_dim"])
-    margin_ms = int(event.get("safety_margin_ms", DEFAULT_SAFETY_MARGIN_MS))
+    margin_ms = int(event["handover_margin_ms"])
     deadline = event.get("deadline")
     report_every = max(1, int(event.get("report_every", 20)))
     worker = int(event["worker_id"])
@@ -38,40 +36,48 @@ def worker_task(event: dict, context: Any) -> dict:
 
     stats = {"examples": 0, "updates": 0, "loss_sum": 0.0}
     window = {"examples": 0, "loss_sum": 0.0}
-    status, position = "done", None
+    status, resume = "done", None
     batches = minibatches(
         units, storage=Storage(), minibatch=int(event["minibatch"]), epochs=int(event["epochs"]),
         seed=int(event.get("seed", 0)), worker=worker, start=start,
     )
     with PSClient(event["ps"]["address"], token=event["ps"].get("token")) as ps:
-        current = next(batches, None)
-        weights = ps.pull(table, Minibatch.of(current[1], bias_key).keys) if current else None
-        while current is not None:
-            following, rows = current
+        item = next(batches, None)
+        if item is not None:
+            following, rows = item
             batch = Minibatch.of(rows, bias_key)
+            weights = ps.pull(table, batch.keys)
+        while item is not None:
             grad, loss_sum = batch.gradient(weights)
-            stop_reason = _stop_reason(ps, context, deadline, margin_ms)
-            current = None if stop_reason else next(batches, None)
-            if current is None:
+            item = next(batches, None)
+            stop_reason = None if item is None else _stop_reason(ps, context, deadline, margin_ms)
+            if stop_reason == "stopped":
+                status = stop_reason
+                break
+            if item is None or stop_reason:
                 ps.push(table, batch.keys, grad)
             else:
-                weights = ps.push_pull(table, batch.keys, grad, Minibatch.of(current[1], bias_key).keys)
+                next_batch = Minibatch.of(item[1], bias_key)
+                weights = ps.push_pull(table, batch.keys, grad, next_batch.keys)
             stats["updates"] += 1
             for acc in (stats, window):
-                acc["examples"] += len(rows)
+                acc["examples"] += len(batch.rows)
                 acc["loss_sum"] += loss_sum
-            if stats["updates"] % report_every == 0 or current is None:
+            if stats["updates"] % report_every == 0 or item is None or stop_reason:
                 ps.report(table, "train_loss", window["loss_sum"] / max(1, window["examples"]),
                           count=window["examples"], worker=worker)
                 window = {"examples": 0, "loss_sum": 0.0}
             if stop_reason:
-                status, position = stop_reason, following
+                status, resume = stop_reason, following.to_json()
+                break
+            if item is not None:
+                following, batch = item[0], next_batch
         batches.close()
     return {
         "worker_id": worker,
         "generation": int(event.get("generation", 0)),
         "status": status,
-        "resume": position.to_json() if status == "handover" and position else None,
+        "resume": resume if status == "handover" else None,
         "examples": stats["examples"],
         "updates": stats["updates"],
         "train_loss": stats["loss_sum"] / max(1, stats["examples"]),
@@ -79,7 +85,9 @@ def worker_task(event: dict, context: Any) -> dict:
 
 
 def _stop_reason(ps: PSClient, context: Any, deadline: float | None, margin_ms: int) -> str | None:
-    """Why this invocation should stop after the current step, if it should."""
+    """Why this invocation should stop before the next step, if it should: "stopped"
+    (the server says so: drop the step), "deadline" (the run's time budget is spent)
+    or "handover" (the Lambda time limit is near: a fresh invocation takes over)."""
     if ps.stop_requested:
         return "stopped"
     if deadline is not None and time.time() >= deadline:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, conf
 
+from cirrus_airflow.executor import ExecutorSettings
 from cirrus_airflow.hooks import CirrusHook
 from cirrus_airflow.links import CirrusOutputLink
 
@@ -39,40 +41,36 @@ class CirrusBaseOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if worker_memory_mb < 128:
-            raise ValueError(f"worker_memory_mb must be at least 128 (Lambda's minimum), got {worker_memory_mb}")
-        if not 1 <= worker_timeout_s <= 900:
-            raise ValueError(f"worker_timeout_s must be between 1 and 900 seconds (Lambda's limit), got {worker_timeout_s}")
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
         self.serverless_executor = serverless_executor
         self.aws_conn_id = aws_conn_id
         self.function_name = function_name
         self.worker_memory_mb = worker_memory_mb
         self.worker_timeout_s = worker_timeout_s
         self.max_concurrency = max_concurrency
-        self._cancel_lock = threading.Lock()
-        self._cancel: Any = None
+        self._settings(serverless_executor or "local")
+        self._cancel: Callable[[], None] | None = None
+
+    def _settings(self, kind: str) -> ExecutorSettings:
+        return ExecutorSettings(kind=kind, function_name=self.function_name, memory_mb=self.worker_memory_mb,
+                                timeout_s=self.worker_timeout_s, concurrency=self.max_concurrency)
 
     @property
     def hook(self) -> CirrusHook:
-        return CirrusHook(
-            aws_conn_id=self.aws_conn_id,
-            executor=self.serverless_executor,
-            function_name=self.function_name,
-            worker_memory_mb=self.worker_memory_mb,
-            worker_timeout_s=self.worker_timeout_s,
-            max_concurrency=self.max_concurrency,
-        )
+        kind = self.serverless_executor or conf.get("cirrus", "executor", fallback="local")
+        return CirrusHook(aws_conn_id=self.aws_conn_id, settings=self._settings(kind))
 
-    def _cancellable(self, cancel: Any) -> None:
+    def _cancellable(self, cancel: Callable[[], None] | None) -> None:
         """Remember how to stop the work in flight (``None`` once it is over)."""
-        with self._cancel_lock:
-            self._cancel = cancel
+        self._cancel = cancel
 
     def on_kill(self) -> None:
-        with self._cancel_lock:
-            cancel = self._cancel
+        """Stop the work in flight, from a thread of its own.
+
+        Airflow calls this from the SIGTERM handler, on the thread that runs
+        ``execute``; stopping there could wait on a lock that thread holds. The
+        task's own loop notices the cancel and cleans up before it returns.
+        """
+        cancel = self._cancel
         if cancel is not None:
             self.log.info("stopping the serverless work this task started")
-            cancel()
+            threading.Thread(target=cancel, name="cirrus-on-kill", daemon=True).start()

@@ -29,6 +29,8 @@ class CirrusTrainOperator(CirrusBaseOperator):
     :param minibatch: rows per gradient step.
     :param epochs: passes over the training rows.
     :param time_budget_s: stop after this many seconds whatever the epochs.
+    :param handover_margin_s: a worker hands over to a fresh invocation this long
+        before its Lambda time limit (must exceed one step and one shard read).
     :param ps_conn_id: a ``cirrus_parameter_server`` connection to use an existing server.
 
     Returns (XCom) the summary: test log loss, AUC and accuracy, examples per second,
@@ -51,10 +53,16 @@ class CirrusTrainOperator(CirrusBaseOperator):
         epochs: int = 2,
         time_budget_s: float | None = None,
         seed: int = 0,
+        handover_margin_s: float = 10.0,
         ps_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if handover_margin_s >= self.worker_timeout_s:
+            raise ValueError(
+                f"handover_margin_s={handover_margin_s} must be less than worker_timeout_s={self.worker_timeout_s}: "
+                "a worker hands over to a fresh invocation that long before its time limit"
+            )
         self.data_uri = data_uri
         self.output_uri = output_uri
         self.model = model
@@ -66,6 +74,7 @@ class CirrusTrainOperator(CirrusBaseOperator):
         self.epochs = epochs
         self.time_budget_s = time_budget_s
         self.seed = seed
+        self.handover_margin_s = handover_margin_s
         self.ps_conn_id = ps_conn_id
         self._config().validate()
 
@@ -74,7 +83,7 @@ class CirrusTrainOperator(CirrusBaseOperator):
             data=self.data_uri, output=self.output_uri, model=self.model, workers=self.workers,
             learning_rate=self.learning_rate, optimizer=self.optimizer, l2=self.l2, minibatch=self.minibatch,
             epochs=self.epochs, time_budget_s=self.time_budget_s, seed=self.seed,
-            ps_address=ps_address, ps_token=ps_token,
+            handover_margin_s=self.handover_margin_s, ps_address=ps_address, ps_token=ps_token,
         )
 
     def execute(self, context: Any) -> dict:

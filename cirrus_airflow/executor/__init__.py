@@ -20,6 +20,8 @@ _HOMES = {
     "LocalLambdaExecutor": "local_executor",
     "local_lambda_client": "local_executor",
     "LocalLambdaRuntime": "local_runtime",
+    "ExecutorSettings": "settings",
+    "default_executor_kind": "settings",
 }
 
 __all__ = [
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     )
     from cirrus_airflow.executor.local_executor import LocalLambdaExecutor, local_lambda_client
     from cirrus_airflow.executor.local_runtime import LocalLambdaRuntime
+    from cirrus_airflow.executor.settings import ExecutorSettings, default_executor_kind
 
 
 def __getattr__(name: str) -> Any:

@@ -30,7 +30,7 @@ NUM_CATEGORICAL = 26
 NUM_FIELDS = 1 + NUM_INTEGER + NUM_CATEGORICAL
 COLUMNS = ["label"] + [f"I{i}" for i in range(1, NUM_INTEGER + 1)] + [f"C{i}" for i in range(1, NUM_CATEGORICAL + 1)]
 HASHED_OFFSET = 2 * NUM_INTEGER
-_NUMBER = r"^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
+_NUMBER = r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class CriteoDialect:
 
 def sniff(head: bytes, source: str) -> CriteoDialect:
     """Tell tab-separated from CSV and find a header, from a file's first line."""
-    first = head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace")
+    first = head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace").lstrip("\ufeff")
     if not first.strip():
         raise ValueError(f"{source}: the first line is empty; expected a Criteo row or header")
     delimiter = "\t" if "\t" in first else ","
@@ -99,39 +99,39 @@ def parse_block(
     """Parse whole lines of Criteo text; bad rows are set aside with their reason."""
     lines = split_lines(data)
     n = len(lines)
-    keep = ~lines.blank
+    blank = lines.blank()
+    keep = ~blank
     if skip_header and n:
         keep[0] = False
     line_numbers = np.arange(first_line, first_line + n, dtype=np.int64)
     rejected = RejectedRows()
 
-    fields = lines.split(dialect.delimiter.encode())
-    counts = pc.list_value_length(fields).to_numpy(zero_copy_only=False) - 1
-    wrong = keep & (counts != NUM_FIELDS)
+    delimiters = lines.delimiters(dialect.delimiter.encode())
+    wrong = keep & (delimiters.counts != NUM_FIELDS)
     _reject(rejected, lines, line_numbers, np.flatnonzero(wrong), WRONG_FIELD_COUNT)
     candidates = np.flatnonzero(keep & ~wrong)
-    rows_fields = fields.take(pa.array(candidates))
+    fields = lines.fields(delimiters, candidates, NUM_FIELDS)
 
-    bad = np.zeros(len(candidates), dtype=bool)
-    labels = _parse_numbers(pc.list_element(rows_fields, 0), allow_missing=False)
-    bad_label = np.isnan(labels) | ~np.isin(labels, (0.0, 1.0))
-    _reject(rejected, lines, line_numbers, candidates[bad_label], BAD_LABEL)
-    bad |= bad_label
+    labels = _parse_numbers(fields.column(0), allow_missing=False)
+    bad = np.isnan(labels) | ~np.isin(labels, (0.0, 1.0))
+    _reject(rejected, lines, line_numbers, candidates[bad], BAD_LABEL)
 
-    integers = np.empty((len(candidates), NUM_INTEGER), dtype=np.float64)
-    for j in range(NUM_INTEGER):
-        column = _parse_numbers(pc.list_element(rows_fields, 1 + j), allow_missing=True)
-        integers[:, j] = column
+    integers = np.column_stack(
+        [_parse_numbers(fields.column(1 + j), allow_missing=True) for j in range(NUM_INTEGER)]
+    ) if len(candidates) else np.empty((0, NUM_INTEGER))
     bad_number = ~bad & np.isinf(integers).any(axis=1)
     _reject(rejected, lines, line_numbers, candidates[bad_number], BAD_NUMBER)
     bad |= bad_number
 
     good = np.flatnonzero(~bad)
+    if len(good) != len(candidates):
+        fields = fields.take(good)
     categorical = np.empty((len(good), NUM_CATEGORICAL), dtype=np.uint64)
-    good_fields = rows_fields.take(pa.array(good)) if len(good) != len(candidates) else rows_fields
     for j in range(NUM_CATEGORICAL):
-        values = pc.list_element(good_fields, 1 + NUM_INTEGER + j)
-        categorical[:, j] = hashing.hash_strings(values, hashing.derive_seed(hash_seed, j))
+        col = 1 + NUM_INTEGER + j
+        categorical[:, j] = hashing.hash_spans(
+            fields.data, fields.starts[col], fields.lengths(col), hashing.derive_seed(hash_seed, j)
+        )
 
     rows = CriteoRows(
         labels=labels[good].astype(np.float32),
@@ -139,7 +139,7 @@ def parse_block(
         categorical=categorical,
         lines=line_numbers[candidates[good]],
     )
-    return ParsedBlock(rows=rows, rejected=rejected, lines=n, blank=int(lines.blank.sum()))
+    return ParsedBlock(rows=rows, rejected=rejected, lines=n, blank=int(blank.sum()))
 
 
 def _parse_numbers(values: pa.Array, *, allow_missing: bool) -> np.ndarray:

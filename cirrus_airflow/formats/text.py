@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from cirrus_airflow.storage import Storage
 
@@ -71,34 +70,80 @@ class Lines:
     def text(self, i: int) -> str:
         return bytes(self.data[self.starts[i] : self.ends[i]]).decode("utf-8", errors="replace")
 
-    @property
     def blank(self) -> np.ndarray:
         """Lines that are empty or hold only spaces and tabs."""
-        visible = np.zeros(self.data.size + 1, dtype=np.int64)
-        np.cumsum(~np.isin(self.data, _BLANK_BYTES), out=visible[1:])
-        return visible[self.ends] == visible[self.starts]
+        if not len(self):
+            return np.zeros(0, dtype=bool)
+        d = self.data
+        visible = (d != 32) & (d != 9) & (d != _NEWLINE)
+        # Each segment [start, next start) is one line and its newline: never empty.
+        return ~np.logical_or.reduceat(visible, self.starts)
 
-    def split(self, delimiter: bytes) -> pa.ListArray:
-        """Every line split on a one-byte delimiter, in one vectorised call.
-
-        Each line's newline is turned into the delimiter, so the lines sit back to
-        back in one buffer and split into their fields plus one empty trailing field
-        (which callers discount); no line is copied out on its own.
-        """
+    def delimiters(self, delimiter: bytes) -> Delimiters:
+        """Where the delimiter occurs, and so how many fields each line has."""
         if len(delimiter) != 1:
             raise ValueError(f"delimiter must be one byte, got {delimiter!r}")
-        content = self.data.copy()
-        content[self.ends] = delimiter[0]
-        large = content.size >= 2**31
-        offsets = np.append(self.starts, content.size).astype(np.int64 if large else np.int32)
-        kind = pa.large_binary() if large else pa.binary()
-        lines = pa.Array.from_buffers(
-            kind, len(self), [None, pa.py_buffer(offsets), pa.py_buffer(content)]
+        positions = np.flatnonzero(self.data == delimiter[0]).astype(_index_dtype(self.data.size))
+        first = np.searchsorted(positions, self.starts)
+        counts = np.searchsorted(positions, self.ends) - first + 1
+        return Delimiters(positions=positions, first=first, counts=counts)
+
+    def fields(self, delimiters: Delimiters, lines: np.ndarray, width: int) -> Fields:
+        """The byte spans of the ``width`` fields of each of ``lines`` (which must all
+        have that many): found with one gather, no line split on its own."""
+        first = delimiters.first[lines].astype(delimiters.positions.dtype)
+        dtype = delimiters.positions.dtype
+        starts = np.empty((width, len(lines)), dtype=dtype)
+        ends = np.empty((width, len(lines)), dtype=dtype)
+        for j in range(width - 1):
+            between = delimiters.positions[first + j]
+            ends[j] = between
+            starts[j + 1] = between + 1
+        starts[0] = self.starts[lines]
+        ends[-1] = self.ends[lines]
+        return Fields(data=self.data, starts=starts, ends=ends)
+
+
+def _index_dtype(size: int) -> type:
+    return np.int32 if size < 2**31 else np.int64
+
+
+@dataclass
+class Delimiters:
+    positions: np.ndarray  # every delimiter in the block
+    first: np.ndarray  # per line: index in ``positions`` of its first delimiter
+    counts: np.ndarray  # per line: number of fields
+
+
+@dataclass
+class Fields:
+    """Byte spans [start, end) of the fields of some lines, stored column by column
+    (one contiguous array per field, which is how they are used)."""
+
+    data: np.ndarray
+    starts: np.ndarray  # (width, lines)
+    ends: np.ndarray
+
+    def __len__(self) -> int:
+        return self.starts.shape[1]
+
+    def take(self, rows: np.ndarray) -> Fields:
+        return Fields(data=self.data, starts=self.starts[:, rows], ends=self.ends[:, rows])
+
+    def lengths(self, column: int) -> np.ndarray:
+        return self.ends[column] - self.starts[column]
+
+    def column(self, column: int) -> pa.Array:
+        """One column's values as an Arrow binary array (its bytes gathered, vectorised)."""
+        starts = self.starts[column].astype(np.int64)
+        lengths = self.lengths(column).astype(np.int64)
+        offsets = np.zeros(len(starts) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+        kind, dtype = (pa.binary(), np.int32) if offsets[-1] < 2**31 else (pa.large_binary(), np.int64)
+        return pa.Array.from_buffers(
+            kind, len(starts), [None, pa.py_buffer(offsets.astype(dtype)), pa.py_buffer(self.data[gather])]
         )
-        return pc.split_pattern(lines, pattern=delimiter)
-
-
-_BLANK_BYTES = np.array([32, 9], dtype=np.uint8)
 
 
 def split_lines(data: bytes) -> Lines:

@@ -62,6 +62,14 @@ def test_bad_rows_are_rejected_with_reason_and_line_number():
     assert block.rejected.texts[block.rejected.lines.index(2)] == "1\t2\t3"
 
 
+def test_padded_numbers_are_rejected_not_a_crash_and_a_bom_is_ignored():
+    block = criteo.parse_block((_row(ints=[" 7"] + ["1"] * 12) + "\n" + _row() + "\n").encode(),
+                               criteo.CriteoDialect("\t", False), first_line=1, skip_header=False, hash_seed=0)
+    assert len(block.rows) == 1 and block.rejected.reasons == ["bad_number"]
+    header = "\ufeff" + ",".join(criteo.COLUMNS)
+    assert criteo.sniff(header.encode("utf-8"), "f").header
+
+
 def test_transform_layout():
     block = criteo.parse_block((_row(ints=[""] + ["4"] * 12) + "\n").encode(), criteo.CriteoDialect("\t", False),
                                first_line=1, skip_header=False, hash_seed=0)

@@ -28,7 +28,11 @@ def _run(inputs, out, executor, **kw):
 
 def _all_rows(prefix, split):
     manifest = read_manifest(Storage(), str(prefix))
-    return SparseRows.concat([ShardReader(Storage(), u).read_all() for u in manifest.shard_uris(str(prefix), split)])
+    parts = []
+    for uri in manifest.shard_uris(str(prefix), split):
+        with ShardReader(Storage(), uri) as reader:
+            parts.append(reader.read_all())
+    return SparseRows.concat(parts)
 
 
 def test_every_row_lands_once_with_the_split_and_stats_recorded(clicks, tmp_path, inline_executor):
@@ -130,7 +134,7 @@ def test_unusable_input_is_a_clear_error(tmp_path, inline_executor, inputs, mess
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("hash_bits", 0, "hash_bits must be between 1 and 30"),
+    ("hash_bits", 0, "hash_bits must be between 1 and 26"),
     ("normalize", "zscore", "normalize must be one of"),
     ("test_fraction", 1.0, r"test_fraction must be in \[0, 1\)"),
     ("format", "xml", "format must be one of"),

@@ -11,6 +11,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from cirrus_airflow.datasets import write_synthetic_criteo
+from cirrus_airflow.executor import ExecutorSettings
 from cirrus_airflow.hooks import CirrusHook
 from cirrus_airflow.preprocess import PreprocessConfig, run_preprocess
 from cirrus_airflow.shards import read_manifest
@@ -37,17 +38,18 @@ def moto_endpoint(monkeypatch, tmp_path):
 
 
 def test_preprocess_and_train_over_s3_with_credentials_from_the_connection(moto_endpoint, tmp_path):
-    hook = CirrusHook(aws_conn_id="moto", executor="local", max_concurrency=3)
+    hook = CirrusHook(aws_conn_id="moto", settings=ExecutorSettings(kind="local", concurrency=3))
     env = hook.worker_environment()
     assert env["AWS_ENDPOINT_URL_S3"] == moto_endpoint and env["AWS_ACCESS_KEY_ID"] == "moto-key"
     storage = hook.get_storage()
     storage.s3.create_bucket(Bucket="clicks")
     write_synthetic_criteo(storage, "s3://clicks/raw/day-0.tsv", rows=12_000, seed=9)
     write_synthetic_criteo(storage, "s3://clicks/raw/day-1.csv", rows=8_000, seed=10, dialect="csv")
+    output = "s3://clicks/shards/"  # a trailing slash is the same folder
 
     with hook.get_executor() as executor:
         prep = run_preprocess(
-            PreprocessConfig(inputs=["s3://clicks/raw"], output="s3://clicks/shards", hash_bits=14, workers=3),
+            PreprocessConfig(inputs=["s3://clicks/raw/"], output=output, hash_bits=14, workers=3),
             storage=storage, executor=executor)
         assert prep["rows_written"] == 20_000 and prep["manifest_uri"] == "s3://clicks/shards/_manifest.json"
         summary = TrainingJob(TrainConfig(data="s3://clicks/shards", output="s3://clicks/runs/1", workers=2,

@@ -26,11 +26,37 @@ def test_shard_round_trip_by_row_group(tmp_path):
     uri = str(tmp_path / "part-00000.parquet")
     entry = write_shard(Storage(), uri, rows, row_group_rows=300)
     assert entry == {"rows": 1000, "row_groups": 4}
-    reader = ShardReader(Storage(), uri)
-    assert reader.num_row_groups == 4
-    assert _same(SparseRows.concat(list(reader)), rows)
-    assert _same(reader.row_group(1), rows.slice(300, 600))
-    assert _same(reader.read_all(), rows)
+    with ShardReader(Storage(), uri) as reader:
+        assert reader.num_row_groups == 4
+        assert _same(SparseRows.concat(list(reader)), rows)
+        assert _same(reader.row_group(1), rows.slice(300, 600))
+        assert _same(reader.read_all(), rows)
+
+
+def test_s3_shards_are_read_by_row_group_with_ranged_gets():
+    import boto3
+    from moto import mock_aws
+
+    rows = _rows(40_000)
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="shards")
+        storage = Storage(s3_client_factory=lambda: client)
+        write_shard(storage, "s3://shards/part.parquet", rows, row_group_rows=4000)
+        size = storage.size("s3://shards/part.parquet")
+        fetched = []
+        original = storage.read_bytes
+        storage.read_bytes = lambda uri, start=None, end=None: fetched.append((start, end)) or original(uri, start, end)
+        with ShardReader(storage, "s3://shards/part.parquet") as reader:
+            assert _same(reader.row_group(2), rows.slice(8000, 12_000))
+        assert fetched and all(start is not None for start, _ in fetched)
+        assert sum(end - start for start, end in fetched) < 0.3 * size  # the footer and one row group
+
+
+def test_a_corrupt_shard_is_named(tmp_path):
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(StorageError, match="bad.parquet: not a readable Parquet shard"):
+        ShardReader(Storage(), str(tmp_path / "bad.parquet"))
 
 
 def test_take_slice_and_concat_agree():

@@ -39,9 +39,12 @@ def test_a_range_inside_one_long_line_owns_nothing(tmp_path):
 def test_split_lines_handles_crlf_blank_and_missing_final_newline():
     lines = split_lines(b"a\tb\r\n\r\n  \nc\td")
     assert [lines.text(i) for i in range(len(lines))] == ["a\tb", "", "  ", "c\td"]
-    assert lines.blank.tolist() == [False, True, True, False]
-    fields = lines.split(b"\t").to_pylist()
-    assert fields[0] == [b"a", b"b", b""] and fields[3] == [b"c", b"d", b""]
+    assert lines.blank().tolist() == [False, True, True, False]
+    delimiters = lines.delimiters(b"\t")
+    assert delimiters.counts.tolist() == [2, 1, 1, 2]
+    fields = lines.fields(delimiters, np.array([0, 3]), 2)
+    assert fields.column(0).to_pylist() == [b"a", b"c"] and fields.column(1).to_pylist() == [b"b", b"d"]
+    assert fields.take(np.array([1])).column(1).to_pylist() == [b"d"]
     assert len(split_lines(b"")) == 0
 
 

@@ -53,7 +53,16 @@ def server():
 def _event(server, units, **kw):
     return {"task": "train.worker", "model": "lr", "table": "w", "ps": {"address": server.address, "token": "t0ken"},
             "feature_dim": DIM, "minibatch": 20, "epochs": 2, "seed": 1, "worker_id": 0, "units": units,
-            "report_every": 5, **kw}
+            "report_every": 5, "handover_margin_ms": 1000, **kw}
+
+
+def test_no_fresh_invocation_is_asked_for_when_the_work_is_done(tmp_path, server):
+    units = _shards(tmp_path, n_shards=1, rows=100)
+    with PSClient(server.address, token="t0ken") as client:
+        client.create_table("w", size=DIM + 1, optimizer="sgd", learning_rate=0.5)
+    # The time limit is near at every step, but the last step ends the work: "done".
+    result = worker_task(_event(server, units, epochs=1, minibatch=100), _Clock(calls=0))
+    assert result["status"] == "done" and result["resume"] is None and result["examples"] == 100
 
 
 def test_handover_resumes_where_the_last_invocation_stopped(tmp_path, server):
@@ -85,7 +94,7 @@ def test_stop_flag_and_deadline_end_the_worker(tmp_path, server):
         client.create_table("w", size=DIM + 1, optimizer="adagrad", learning_rate=0.1)
         client.stop("w")
     result = worker_task(_event(server, units), None)
-    assert result["status"] == "stopped" and result["updates"] == 1
+    assert result["status"] == "stopped" and result["updates"] == 0  # nothing pushed to a stopped table
     with PSClient(server.address, token="t0ken") as client:
         client.create_table("w2", size=DIM + 1, optimizer="sgd", learning_rate=0.1)
     result = worker_task(_event(server, units, table="w2", deadline=time.time() - 1), None)

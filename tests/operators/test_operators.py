@@ -1,4 +1,6 @@
+import copy
 import importlib
+import threading
 
 import pytest
 
@@ -10,20 +12,27 @@ from operators import CirrusPreprocessOperator, CirrusSyntheticDataOperator, Cir
 def test_uri_fields_are_templated_and_parameters_checked_at_parse_time():
     assert {"input_uris", "output_uri"} <= set(CirrusPreprocessOperator.template_fields)
     assert {"data_uri", "output_uri"} <= set(CirrusTrainOperator.template_fields)
-    with pytest.raises(ValueError, match="hash_bits must be between 1 and 30"):
+    with pytest.raises(ValueError, match="hash_bits must be between 1 and 26"):
         CirrusPreprocessOperator(task_id="p", input_uris="in", output_uri="out", hash_bits=40)
     with pytest.raises(ValueError, match="optimizer must be one of"):
         CirrusTrainOperator(task_id="t", data_uri="d", output_uri="o", optimizer="adam!")
-    with pytest.raises(ValueError, match="worker_timeout_s must be between 1 and 900"):
+    with pytest.raises(ValueError, match=r"timeout_s must be in \(0, 900\]"):
         CirrusTrainOperator(task_id="t", data_uri="d", output_uri="o", worker_timeout_s=3600)
     with pytest.raises(ValueError, match="rows must be at least 1"):
         CirrusSyntheticDataOperator(task_id="g", output_uri="x", rows=0)
 
 
-def test_an_unknown_executor_is_refused_when_the_task_runs():
-    op = CirrusTrainOperator(task_id="t", data_uri="d", output_uri="o", serverless_executor="kubernetes")
+def test_an_unknown_executor_or_function_limit_is_refused_at_parse_time():
     with pytest.raises(ValueError, match="executor must be one of"):
-        op.hook  # noqa: B018
+        CirrusTrainOperator(task_id="t", data_uri="d", output_uri="o", serverless_executor="kubernetes")
+    with pytest.raises(ValueError, match="memory_mb must be between 128 and 10240"):
+        CirrusPreprocessOperator(task_id="p", input_uris="i", output_uri="o", worker_memory_mb=64)
+
+
+def test_operators_deep_copy_as_airflow_does():
+    op = CirrusTrainOperator(task_id="t", data_uri="d", output_uri="o")
+    clone = copy.deepcopy(op)
+    assert clone.data_uri == "d" and clone is not op
 
 
 def test_provider_metadata_points_at_real_classes():
@@ -48,12 +57,15 @@ def test_output_link_points_s3_outputs_at_the_console():
     assert CirrusOutputLink().get_link(op, ti_key=None) == ""
 
 
-def test_on_kill_cancels_the_work_in_flight():
+def test_on_kill_cancels_from_another_thread_and_never_blocks():
     op = CirrusTrainOperator(task_id="t", data_uri="d", output_uri="o")
-    calls = []
-    op._cancellable(lambda: calls.append("cancelled"))
-    op.on_kill()
-    assert calls == ["cancelled"]
+    held = threading.Lock()
+    held.acquire()  # what the task's own thread may hold when SIGTERM arrives
+    cancelled = threading.Event()
+    op._cancellable(lambda: (held.acquire(), cancelled.set()))
+    op.on_kill()  # returns although the cancel must wait for the lock
+    assert not cancelled.is_set()
+    held.release()
+    assert cancelled.wait(10)
     op._cancellable(None)
     op.on_kill()  # nothing in flight: nothing to do
-    assert calls == ["cancelled"]

@@ -1,0 +1,19 @@
+"""Run every benchmark: ``python -m bench [--quick]`` (``make bench``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from bench import preprocess, train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small inputs, for a smoke run")
+    args = parser.parse_args()
+    preprocess.main(["--rows", "100000"] if args.quick else [])
+    train.main(["--rows", "100000"] if args.quick else [])
+
+
+if __name__ == "__main__":
+    main()

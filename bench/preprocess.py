@@ -1,0 +1,92 @@
+"""Preprocessing speed: the Criteo map tasks on the local Lambda runtime against a
+single-process pandas pipeline doing the same work (read, hash, log-scale, write
+Parquet), on the same file in the same run.
+
+    python -m bench.preprocess [--rows 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cirrus_airflow.datasets import write_synthetic_criteo
+from cirrus_airflow.executor import FunctionConfig, LocalLambdaExecutor
+from cirrus_airflow.formats.criteo import COLUMNS, NUM_CATEGORICAL, NUM_INTEGER
+from cirrus_airflow.preprocess import PreprocessConfig, run_preprocess
+from cirrus_airflow.storage import Storage
+
+from bench.lambda_reports import LambdaReports
+
+HASH_BITS = 18
+
+
+def pandas_pipeline(path: Path, out: Path) -> int:
+    """The baseline: what a data engineer would write with pandas in one process."""
+    df = pd.read_csv(path, sep="\t", header=None, names=COLUMNS)
+    ints = df[COLUMNS[1 : 1 + NUM_INTEGER]].to_numpy(dtype=np.float64)
+    logged = np.sign(ints) * np.log1p(np.abs(ints))
+    lo, hi = np.nanmin(logged, axis=0), np.nanmax(logged, axis=0)
+    scaled = (logged - lo) / np.where(hi > lo, hi - lo, 1.0)
+    hashed = np.column_stack([
+        pd.util.hash_array(df[c].fillna("").to_numpy(dtype=object), hash_key=f"{j:016d}") & ((1 << HASH_BITS) - 1)
+        for j, c in enumerate(COLUMNS[1 + NUM_INTEGER :])
+    ]).astype(np.int64) + 2 * NUM_INTEGER
+    present = ~np.isnan(scaled)
+    idx = np.concatenate([np.where(present, np.arange(NUM_INTEGER), -1), hashed], axis=1)
+    val = np.concatenate([np.where(present, scaled, 0.0), np.ones((len(df), NUM_CATEGORICAL))], axis=1)
+    keep = idx >= 0
+    offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int32)
+    table = pa.table({
+        "label": pa.array(df["label"].to_numpy(np.float32)),
+        "indices": pa.ListArray.from_arrays(offsets, pa.array(idx[keep].astype(np.int32))),
+        "values": pa.ListArray.from_arrays(offsets, pa.array(val[keep].astype(np.float32))),
+    })
+    pq.write_table(table, out / "pandas.parquet", row_group_size=4096)
+    return len(df)
+
+
+def cirrus(path: Path, out: Path, workers: int) -> dict:
+    config = PreprocessConfig(inputs=[str(path)], output=str(out), hash_bits=HASH_BITS, workers=workers,
+                              split_bytes=1 << 40)
+    with LambdaReports() as reports, \
+            LocalLambdaExecutor(function=FunctionConfig(concurrency=workers, memory_mb=2048)) as executor:
+        started = time.perf_counter()
+        summary = run_preprocess(config, storage=Storage(), executor=executor)
+        summary["wall"] = time.perf_counter() - started
+    summary["peak_mb"] = reports.peak_mb
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="cirrus-bench-") as tmp:
+        root = Path(tmp)
+        raw = root / "clicks.tsv"
+        info = write_synthetic_criteo(Storage(), str(raw), rows=args.rows, seed=0)
+        print(f"\n== preprocess: {args.rows:,} Criteo rows, {info['bytes'] / 1e6:.0f} MB ==")
+        started = time.perf_counter()
+        pandas_pipeline(raw, root)
+        base = time.perf_counter() - started
+        rows = {1: cirrus(raw, root / "w1", 1), 2: cirrus(raw, root / "w2", 2)}
+        print(f"  {'pipeline':<24}{'seconds':>9}{'rows/s':>12}{'vs pandas':>11}{'worker peak':>13}")
+        print(f"  {'pandas, 1 process':<24}{base:>9.2f}{args.rows / base:>12,.0f}{1.0:>10.2f}x{'':>13}")
+        for w, s in rows.items():
+            print(f"  {f'cirrus, {w} worker(s)':<24}{s['wall']:>9.2f}{args.rows / s['wall']:>12,.0f}"
+                  f"{base / s['wall']:>10.2f}x{s['peak_mb']:>10} MB")
+        print(f"  speed-up from 1 to 2 workers: {rows[1]['wall'] / rows[2]['wall']:.2f}x "
+              f"(cirrus times include both passes and the runtime's cold starts)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""The cirrus-airflow command line, run as users run it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = str(Path(sys.executable).with_name("cirrus-airflow"))
+
+
+def _run(*args, check=True):
+    out = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=600)
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+def _last_json(out):
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_generate_preprocess_train_with_json_results(tmp_path):
+    _run("generate", "--output", str(tmp_path / "raw.tsv"), "--rows", "20000", "--seed", "4")
+    prep = _last_json(_run("preprocess", "--input", str(tmp_path / "raw.tsv"), "--output", str(tmp_path / "shards"),
+                           "--hash-bits", "14", "--workers", "2", "--concurrency", "2", "--json"))
+    assert {"rows_read", "rows_written", "rows_rejected", "rejected_by_reason", "shards", "manifest_uri"} <= set(prep)
+    assert prep["rows_read"] == 20_000
+    out = _run("train", "--data", str(tmp_path / "shards"), "--output", str(tmp_path / "run"), "--workers", "2",
+               "--concurrency", "2", "--epochs", "2", "--json")
+    result = _last_json(out)
+    assert {"test_logloss", "test_auc", "test_accuracy", "examples_per_second", "model_uri"} <= set(result)
+    assert result["test_logloss"] < result["baseline_logloss"]
+    assert "train" in out.stderr  # progress went to stderr, not into the JSON
+    table = _run("report", str(tmp_path / "run")).stdout
+    assert "test AUC" in table and f"{result['test_auc']:.4f}" in table
+
+
+@pytest.mark.parametrize("args, message", [
+    (["preprocess", "--input", "/nonexistent/x.tsv", "--output", "/tmp/o"], "no such file"),
+    (["preprocess", "--input", "x", "--output", "o", "--hash-bits", "99"], "hash_bits must be between"),
+    (["train", "--data", "/nonexistent", "--output", "/tmp/o"], "preprocessing has not finished there"),
+    (["report", "/nonexistent"], "is it the output of a finished training run"),
+])
+def test_bad_input_exits_2_with_one_clear_line(args, message):
+    out = _run(*args, check=False)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
