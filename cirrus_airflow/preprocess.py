@@ -10,7 +10,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from cirrus_airflow.executor import ServerlessExecutor
 from cirrus_airflow.formats import criteo
@@ -48,7 +48,6 @@ class PreprocessConfig:
     split_bytes: int = 32 << 20
     workers: int = 4
     max_rejected_fraction: float = 0.01
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         if not self.inputs:

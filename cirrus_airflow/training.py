@@ -120,14 +120,17 @@ class TrainingJob:
         # stopped table of an earlier attempt of this one.
         self.table = f"{config.model}-{uuid.uuid4().hex[:12]}"
         self._cancelled = threading.Event()
-        self._client: PSClient | None = None
+        self._server: tuple[str, str | None] | None = None
         self._last_report_t = float("-inf")
 
     def cancel(self) -> None:
+        """Stop the run from any thread: the workers learn it from the server's stop
+        flag (on a connection of its own: the run's may be mid-request) and the
+        executor stops what it started."""
         self._cancelled.set()
-        client = self._client
-        if client is not None:
-            with contextlib.suppress(Exception):
+        server = self._server
+        if server is not None:
+            with contextlib.suppress(Exception), PSClient(server[0], token=server[1], timeout=10) as client:
                 client.stop(self.table)
         self.executor.cancel()
 
@@ -145,7 +148,7 @@ class TrainingJob:
         summary_uri = join(output, "summary.json")
         self.storage.delete(summary_uri)  # a summary, when present, describes a finished run
         with self._parameter_server() as (address, token), PSClient(address, token=token) as client:
-            self._client = client
+            self._server = (address, token)
             try:
                 client.create_table(self.table, size=manifest.feature_dim + 1, width=1, optimizer=cfg.optimizer,
                                     learning_rate=cfg.learning_rate, l2=cfg.l2)
@@ -161,7 +164,7 @@ class TrainingJob:
                 train_seconds = time.time() - started
                 weights = _fetch_weights(client, self.table, manifest.feature_dim + 1)
             finally:
-                self._client = None
+                self._server = None
         model_uri = join(output, "model")
         save_model(self.storage, model_uri, weights, {
             "model": cfg.model, "feature_dim": manifest.feature_dim, "bias_key": manifest.feature_dim,

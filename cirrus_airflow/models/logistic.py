@@ -28,14 +28,12 @@ class Minibatch:
     def of(cls, rows: SparseRows, bias_key: int) -> Minibatch:
         keys, local = np.unique(rows.indices, return_inverse=True)
         keys = np.append(keys.astype(np.int64), np.int64(bias_key))
-        row_of_entry = np.repeat(np.arange(len(rows), dtype=np.int64), np.diff(rows.indptr))
-        return cls(rows=rows, keys=keys, local=local.astype(np.int64), row_of_entry=row_of_entry)
+        return cls(rows=rows, keys=keys, local=local.astype(np.int64), row_of_entry=_row_of_entry(rows))
 
     def margins(self, weights: np.ndarray) -> np.ndarray:
         """x·w + b for every row; ``weights`` is aligned with ``keys``."""
         w = np.asarray(weights, dtype=np.float64).reshape(-1)
-        per_entry = w[self.local] * self.rows.values
-        return np.bincount(self.row_of_entry, weights=per_entry, minlength=len(self.rows)) + w[-1]
+        return _margins(self.rows, self.row_of_entry, w[self.local], w[-1])
 
     def gradient(self, weights: np.ndarray) -> tuple[np.ndarray, float]:
         """Mean log-loss gradient over the minibatch, aligned with ``keys``, and the
@@ -63,5 +61,13 @@ def log_loss_terms(margins: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def predict_margins(rows: SparseRows, weights: np.ndarray) -> np.ndarray:
     """Margins of rows under a full weight vector (the bias is its last element)."""
     w = np.asarray(weights, dtype=np.float64).reshape(-1)
-    row_of_entry = np.repeat(np.arange(len(rows), dtype=np.int64), np.diff(rows.indptr))
-    return np.bincount(row_of_entry, weights=w[rows.indices] * rows.values, minlength=len(rows)) + w[-1]
+    return _margins(rows, _row_of_entry(rows), w[rows.indices], w[-1])
+
+
+def _row_of_entry(rows: SparseRows) -> np.ndarray:
+    return np.repeat(np.arange(len(rows), dtype=np.int64), np.diff(rows.indptr))
+
+
+def _margins(rows: SparseRows, row_of_entry: np.ndarray, entry_weights: np.ndarray, bias: float) -> np.ndarray:
+    """x·w + b per row, from the weight of each stored entry: one bincount, no loop."""
+    return np.bincount(row_of_entry, weights=entry_weights * rows.values, minlength=len(rows)) + bias

@@ -112,11 +112,37 @@ def test_a_failing_worker_fails_the_run_with_its_name(shards, tmp_path, inline_e
     saved = victim.read_bytes()
     victim.write_bytes(b"not parquet")
     try:
-        with pytest.raises(TrainingError, match=r"worker \d+ \(generation 0\) failed"):
+        with pytest.raises(TrainingError, match=r"worker 0 \(generation 0\) failed: StorageError: .*part-00000"):
             TrainingJob(TrainConfig(data=str(data), output=str(tmp_path / "run"), workers=2, epochs=1),
                         storage=Storage(), executor=inline_executor).run()
     finally:
         victim.write_bytes(saved)
+    assert [c for c in _children() if "ps_service" in c] == []
+
+
+def test_runs_on_a_shared_server_get_tables_of_their_own(shards, tmp_path, inline_executor, monkeypatch):
+    from ps_service.client import PSClient
+    from ps_service.server import ParameterServer
+
+    import cirrus_airflow.training as training
+
+    monkeypatch.setattr(training, "_FETCH_KEYS", 1000)  # the weights come back in many pulls
+    data, prep = shards
+    with ParameterServer(token="shared") as server:
+        def run(output):
+            config = TrainConfig(data=str(data), output=str(output), workers=2, epochs=1,
+                                 ps_address=server.address, ps_token="shared")
+            job = TrainingJob(config, storage=Storage(), executor=inline_executor)
+            return job, job.run()
+
+        first_job, first = run(tmp_path / "a")
+        with PSClient(server.address, token="shared") as client:
+            client.stop(first_job.table)  # as a kill of the first run would leave it
+        second_job, second = run(tmp_path / "b")
+        assert second_job.table != first_job.table
+        assert second["examples"] == first["examples"] == prep["train_rows"]
+        assert second["stopped_by"] == "epochs"
+        assert abs(second["test_auc"] - first["test_auc"]) < 0.02
 
 
 @pytest.mark.parametrize("field, value, message", [
