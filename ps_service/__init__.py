@@ -7,7 +7,8 @@ imports only numpy and the standard library.
 Modules: ``protocol`` (wire format), ``auth`` (challenge-response), ``optimizers``,
 ``tables`` and ``store`` (what a server holds), ``server`` (asyncio TCP server),
 ``connection`` and ``client`` (``PSClient``), ``launcher`` (``start_local_server``),
-``__main__`` (``python -m ps_service [--host H] [--port P] [--token-file F]``).
+``__main__`` (``python -m ps_service [--host H] [--port P] [--token-file F]
+[--lifeline-fd N]``).
 
 Wire format (protocol version 1; all integers little-endian)
 -------------------------------------------------------------

@@ -34,6 +34,10 @@ T = TypeVar("T")
 
 _INITIAL_BUFFER_BYTES = 256 * 1024
 _MAX_KEPT_BUFFER_BYTES = 16 * 1024 * 1024
+_CLIENT_LIMIT_HINT = (
+    "this client's max_frame_bytes refused the reply: pass a larger max_frame_bytes to PSClient, "
+    "or request fewer rows at once"
+)
 
 
 def _no_body(body: memoryview) -> None:
@@ -72,7 +76,7 @@ class Connection:
         length = frame_length(parts)
         if HEADER_SIZE + length > self._max_frame_bytes:
             raise ValueError(
-                f"request of {HEADER_SIZE + length} bytes exceeds the frame limit of "
+                f"request of {HEADER_SIZE + length} bytes exceeds this client's max_frame_bytes of "
                 f"{self._max_frame_bytes} bytes; split it into smaller requests"
             )
         with self._lock:
@@ -153,7 +157,8 @@ class Connection:
         while received < HEADER_SIZE:
             received += self._recv_into(sock, view[received:])
         try:
-            header = decode_header(view[:HEADER_SIZE], max_frame_bytes=self._max_frame_bytes)
+            header = decode_header(view[:HEADER_SIZE], max_frame_bytes=self._max_frame_bytes,
+                                   limit_hint=_CLIENT_LIMIT_HINT)
         except ProtocolError:
             self.close()
             raise

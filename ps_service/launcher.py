@@ -4,6 +4,11 @@ The training driver uses this to bring up a run's parameter server on the machin
 runs on. The token goes through a 0600 temporary file that is deleted as soon as the
 server is listening, so it never appears on a command line or in the environment.
 The child's output (its log) is forwarded to this process's logging.
+
+The child gets a lifeline (``--lifeline-fd``): the read end of a pipe whose write end only
+this process holds. If this process dies without stopping the server, even by SIGKILL after
+Airflow's SIGTERM, the pipe reaches end of file and the server shuts itself down instead of
+running forever.
 """
 
 from __future__ import annotations
@@ -32,10 +37,11 @@ class LocalServer:
     """A running server process; :meth:`stop` (or leaving a ``with`` block) ends it."""
 
     def __init__(self, *, process: subprocess.Popen[str], address: str, token: str | None,
-                 output: _ServerOutput) -> None:
+                 output: _ServerOutput, lifeline: int) -> None:
         self._process = process
         self._token = token
         self._output = output
+        self._lifeline: int | None = lifeline
         self.address = address
 
     @property
@@ -62,6 +68,12 @@ class LocalServer:
                 self._process.kill()
                 self._process.wait()
         self._output.join(timeout_s)
+        self._cut_lifeline()
+
+    def _cut_lifeline(self) -> None:
+        lifeline, self._lifeline = self._lifeline, None
+        if lifeline is not None:
+            os.close(lifeline)
 
     def __enter__(self) -> LocalServer:
         return self
@@ -78,22 +90,38 @@ def start_local_server(
     startup_timeout_s: float = 30.0,
 ) -> LocalServer:
     """Start a server process and return once it accepts connections."""
-    command = [sys.executable, "-m", "ps_service", "--host", host, "--port", str(port)]
-    with _token_file(token) as token_path:
-        if token_path is not None:
-            command += ["--token-file", str(token_path)]
-        process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_child_environment()
-        )
-        output = _ServerOutput(process)
-        try:
-            address = output.wait_for_address(startup_timeout_s)
-        except BaseException:
-            process.kill()
-            process.wait()
-            raise
+    child_end, lifeline = os.pipe()  # both ends close on exec; pass_fds hands the child its end
+    command = [sys.executable, "-m", "ps_service", "--host", host, "--port", str(port),
+               "--lifeline-fd", str(child_end)]
+    try:
+        with _token_file(token) as token_path:
+            if token_path is not None:
+                command += ["--token-file", str(token_path)]
+            process, output, address = _spawn(command, child_end, startup_timeout_s)
+    except BaseException:
+        os.close(lifeline)
+        raise
+    finally:
+        os.close(child_end)
     log.info("parameter server pid %s listening on %s", process.pid, address)
-    return LocalServer(process=process, address=address, token=token, output=output)
+    return LocalServer(process=process, address=address, token=token, output=output, lifeline=lifeline)
+
+
+def _spawn(command: list[str], child_end: int,
+           startup_timeout_s: float) -> tuple[subprocess.Popen[str], _ServerOutput, str]:
+    """Start the process and wait for its listening line; a process that never prints it is killed."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_child_environment(),
+        pass_fds=(child_end,),
+    )
+    output = _ServerOutput(process)
+    try:
+        address = output.wait_for_address(startup_timeout_s)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process, output, address
 
 
 class _ServerOutput:

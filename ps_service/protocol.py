@@ -83,8 +83,17 @@ def encode_header(
     return HEADER.pack(MAGIC, VERSION, opcode, flags, status, request_id, body_length)
 
 
-def decode_header(data: Buffer, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> FrameHeader:
-    """Check a header before its body is read, so a bad peer never makes us allocate."""
+SERVER_LIMIT_HINT = "split the request, or start the server with a larger --max-frame-bytes"
+
+
+def decode_header(
+    data: Buffer, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, limit_hint: str = SERVER_LIMIT_HINT
+) -> FrameHeader:
+    """Check a header before its body is read, so a bad peer never makes us allocate.
+
+    ``limit_hint`` tells the reader of a too-large frame whose ``max_frame_bytes`` refused it
+    and how to raise it: the server's by default, the client's when a client reads a reply.
+    """
     magic, version, opcode, flags, status, request_id, body_length = HEADER.unpack(data)
     if magic != MAGIC:
         raise ProtocolError(
@@ -99,7 +108,7 @@ def decode_header(data: Buffer, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTE
     if HEADER_SIZE + body_length > max_frame_bytes:
         raise ProtocolError(
             f"frame of {HEADER_SIZE + body_length} bytes exceeds the maximum of "
-            f"{max_frame_bytes} bytes; split the request or raise the server's frame limit"
+            f"{max_frame_bytes} bytes; {limit_hint}"
         )
     return FrameHeader(opcode, flags, status, request_id, body_length)
 

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 _COALESCE_BYTES = 64 * 1024
 _STREAM_LIMIT = 1 << 20
+_CLOSE_GRACE_S = 1.0
 
 Handler = Callable[[Buffer], tuple[list[Buffer], str | None]]
 
@@ -192,11 +193,24 @@ class ParameterServer:
         self.stop_thread()
 
     async def _close(self, listener: asyncio.Server) -> None:
-        """Closing each transport ends its reader with EOF, so every handler exits normally."""
+        """Close every connection; abort those still flushing replies after a short grace period.
+
+        A graceful close ends each handler with EOF once its transport has sent what it holds,
+        but a client that stopped reading never lets that happen: its transport is aborted and
+        its task cancelled, so a stalled peer cannot keep the server from stopping.
+        """
         listener.close()
-        for writer in list(self._connections.values()):
+        connections = dict(self._connections)
+        for writer in connections.values():
             writer.close()
-        await asyncio.gather(*self._connections, return_exceptions=True)
+        if connections:
+            _finished, stalled = await asyncio.wait(list(connections), timeout=_CLOSE_GRACE_S)
+            for task in stalled:
+                log.warning("aborting connection from %s: it stopped reading replies",
+                            connections[task].get_extra_info("peername"))
+                connections[task].transport.abort()
+                task.cancel()
+            await asyncio.gather(*stalled, return_exceptions=True)
         await listener.wait_closed()
         self._loop = None
         log.info("parameter server on %s stopped", self._address)
@@ -218,6 +232,10 @@ class ParameterServer:
                     self._clients -= 1
         except (asyncio.IncompleteReadError, ConnectionError) as error:
             log.debug("connection from %s ended: %r", peer, error)
+        except asyncio.CancelledError:
+            # Cancellation only comes with shutdown (_close() aborts the transport first); ending
+            # normally keeps asyncio's stream callback from logging the cancellation as an error.
+            log.debug("connection from %s aborted at shutdown", peer)
         finally:
             self._connections.pop(task, None)
             writer.close()

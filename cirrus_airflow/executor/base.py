@@ -8,7 +8,6 @@ are the same for all back ends and live here.
 from __future__ import annotations
 
 import abc
-import functools
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -38,12 +37,6 @@ class InvocationError(RuntimeError):
         request = f" (request {request_id})" if request_id else ""
         super().__init__(f"{what} failed on Lambda{request}: {error_type}: {error_message}")
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Keep the fields when the error is pickled (the keyword-only constructor defeats the default)."""
-        rebuild = functools.partial(type(self), request_id=self.request_id, event_task=self.event_task,
-                                    log_tail=self.log_tail)
-        return (rebuild, (self.error_type, self.error_message))
-
 
 class ServerlessExecutor(abc.ABC):
     """Invokes events on serverless workers; ``max_concurrency`` bounds how many run at once from here."""
@@ -56,7 +49,6 @@ class ServerlessExecutor(abc.ABC):
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
-        self._pending: set[Future[dict[str, Any]]] = set()
 
     @abc.abstractmethod
     def invoke(self, event: dict[str, Any]) -> dict[str, Any]:
@@ -72,10 +64,11 @@ class ServerlessExecutor(abc.ABC):
             self._check_usable()
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="cirrus-invoke")
-            future = self._pool.submit(self.invoke, event)
-            self._pending.add(future)
-        future.add_done_callback(self._forget)
-        return future
+            try:
+                return self._pool.submit(self.invoke, event)
+            except RuntimeError:  # cancel() shut the pool down after the check above
+                self._raise_if_cancelled()
+                raise
 
     def map(self, events: Sequence[dict[str, Any]], *,
             progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
@@ -101,21 +94,27 @@ class ServerlessExecutor(abc.ABC):
         return results
 
     def cancel(self) -> None:
-        """Cancel queued submissions and refuse new work: the ``on_kill`` path."""
+        """Cancel queued submissions and refuse new work: the ``on_kill`` path.
+
+        It takes none of this executor's locks: Airflow calls ``on_kill`` from a signal handler,
+        which may interrupt this very executor in the thread that holds one.
+        """
         self._cancelled.set()
-        with self._lock:
-            pending = list(self._pending)
-        cancelled = sum(future.cancel() for future in pending)
-        if cancelled:
-            logger.info("cancelled %d queued invocation(s)", cancelled)
+        pool = self._pool
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+            logger.info("cancelled the invocations still queued; no new ones will start")
 
     def close(self) -> None:
-        """Wait for submitted invocations and release the threads; the executor cannot be used afterwards."""
+        """Wait for submitted invocations and release the threads; the executor cannot be used afterwards.
+
+        After ``cancel()`` nothing is waited for: what still runs was told to stop, or cannot be.
+        """
         with self._lock:
             self._closed = True
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=True)
+            pool.shutdown(wait=not self._cancelled.is_set())
 
     def __enter__(self) -> ServerlessExecutor:
         return self
@@ -135,7 +134,3 @@ class ServerlessExecutor(abc.ABC):
         self._raise_if_cancelled()
         if self._closed:
             raise RuntimeError("the executor is closed; create a new one to invoke more events")
-
-    def _forget(self, future: Future[dict[str, Any]]) -> None:
-        with self._lock:
-            self._pending.discard(future)

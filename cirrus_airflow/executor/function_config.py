@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 MIN_MEMORY_MB = 128
 MAX_MEMORY_MB = 10240
 MAX_TIMEOUT_S = 900.0
+SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024
+"""Largest request or response of a synchronous invocation, in bytes."""
+ASYNC_PAYLOAD_LIMIT = 256 * 1024
+"""Largest event of an asynchronous invocation, in bytes."""
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from cirrus_airflow.executor.function_config import SYNC_PAYLOAD_LIMIT
+
 if TYPE_CHECKING:
     from cirrus_airflow.executor.local_runtime import LocalLambdaRuntime
 
 logger = logging.getLogger(__name__)
 
 _INVOKE_PATH = re.compile(r"^/2015-03-31/functions/(?P<name>[^/]+)/invocations/?$")
+_BYTE_COUNT = re.compile(r"\s*[0-9]+\s*")
 _LOG_TAIL_BYTES = 4096
-_MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 _READ_CHUNK = 64 * 1024
 
 
@@ -125,8 +127,8 @@ class _InvokeHandler(BaseHTTPRequestHandler):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             raise LambdaApiError(400, "InvalidRequestContentException",
                                  "the local Lambda runtime needs a Content-Length; pass the payload as bytes")
-        remaining = int(self.headers.get("Content-Length") or 0)
-        if remaining <= _MAX_PAYLOAD_BYTES:
+        remaining = _content_length(self.headers.get("Content-Length"))
+        if remaining <= SYNC_PAYLOAD_LIMIT:
             return self.rfile.read(remaining)
         while remaining > 0:
             chunk = self.rfile.read(min(remaining, _READ_CHUNK))
@@ -134,7 +136,7 @@ class _InvokeHandler(BaseHTTPRequestHandler):
                 break
             remaining -= len(chunk)
         raise LambdaApiError(413, "RequestTooLargeException",
-                             f"Request must be smaller than {_MAX_PAYLOAD_BYTES} bytes for the Invoke operation")
+                             f"Request must be smaller than {SYNC_PAYLOAD_LIMIT} bytes for the Invoke operation")
 
     def _send_error(self, error: LambdaApiError) -> None:
         body: dict[str, str] = {"Type": "User" if error.status < 500 else "Service", "message": error.message}
@@ -156,3 +158,17 @@ class _InvokeHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's signature
         logger.debug("%s - %s", self.address_string(), format % args)
+
+
+def _content_length(header: str | None) -> int:
+    """The declared body size (none declared: an empty body).
+
+    Anything but a byte count is refused at once: ``read(-1)`` would wait for the client to
+    close the connection, which a client waiting for its answer never does.
+    """
+    if header is None:
+        return 0
+    if not _BYTE_COUNT.fullmatch(header):
+        raise LambdaApiError(400, "InvalidRequestContentException",
+                             f"Content-Length must be a byte count, got {header!r}")
+    return int(header)

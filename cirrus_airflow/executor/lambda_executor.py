@@ -10,16 +10,18 @@ import base64
 import json
 import logging
 import random
+from concurrent.futures import CancelledError
 from typing import Any
 
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError
 
 from cirrus_airflow.executor.base import InvocationError, ServerlessExecutor
 
 logger = logging.getLogger(__name__)
 
 _THROTTLING_CODES = frozenset({"TooManyRequestsException", "ThrottlingException"})
+_NEVER_SENT = (EndpointConnectionError, ConnectTimeoutError)
 _READ_TIMEOUT_MARGIN_S = 60.0
 _CONNECT_TIMEOUT_S = 10.0
 
@@ -34,9 +36,9 @@ def lambda_client_config(timeout_s: float, *, max_pool_connections: int = 10) ->
     The read timeout outlasts the function, so a long but healthy invocation is not cut off.
     botocore's own retries are off: after a read timeout the first attempt may still be
     running, and a retry would run the worker a second time (a training worker would push its
-    gradients twice). Throttling, the one failure where the function is known not to have run,
-    is retried by ``LambdaExecutor`` itself. TCP keep-alive keeps long synchronous invocations
-    alive through NAT gateways, as AWS advises.
+    gradients twice). The failures where the function provably did not run, throttling and a
+    connection that could not be opened, are retried by ``LambdaExecutor`` itself. TCP
+    keep-alive keeps long synchronous invocations alive through NAT gateways, as AWS advises.
     """
     return Config(
         read_timeout=timeout_s + _READ_TIMEOUT_MARGIN_S,
@@ -59,27 +61,29 @@ def full_jitter_delay(attempt: int, base_s: float, max_s: float, rng: random.Ran
 class LambdaExecutor(ServerlessExecutor):
     """Invokes ``function_name`` (at ``qualifier``, if given) with a boto3 Lambda client.
 
-    Throttled invocations (429 TooManyRequestsException) are retried up to
-    ``max_throttle_retries`` times with exponential backoff and full jitter, then raised as
-    ``InvocationThrottledError``. Running invocations cannot be stopped on AWS: ``cancel()``
-    only cancels what has not been sent.
+    Invocations that provably never ran are retried up to ``max_retries`` times with
+    exponential backoff and full jitter: throttled ones (429 TooManyRequestsException, then
+    raised as ``InvocationThrottledError``) and those whose connection could not be opened
+    (``EndpointConnectionError``, ``ConnectTimeoutError``). A read timeout is never retried:
+    the first attempt may still be running. Running invocations cannot be stopped on AWS:
+    ``cancel()`` only cancels what has not been sent.
     """
 
     def __init__(self, client: Any, function_name: str, *, qualifier: str | None = None,
-                 max_concurrency: int = 8, max_throttle_retries: int = 8,
+                 max_concurrency: int = 8, max_retries: int = 8,
                  backoff_base_s: float = 0.1, backoff_max_s: float = 20.0) -> None:
         super().__init__(max_concurrency=max_concurrency)
         if not function_name:
             raise ValueError("function_name must name the Lambda function to invoke")
-        if max_throttle_retries < 0:
-            raise ValueError(f"max_throttle_retries must be 0 or more, got {max_throttle_retries}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be 0 or more, got {max_retries}")
         if not 0 < backoff_base_s <= backoff_max_s:
             raise ValueError(
                 f"backoff must satisfy 0 < backoff_base_s <= backoff_max_s, got {backoff_base_s} and {backoff_max_s}"
             )
         self.function_name = function_name
         self.qualifier = qualifier
-        self.max_throttle_retries = max_throttle_retries
+        self.max_retries = max_retries
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self._client = client
@@ -116,13 +120,18 @@ class LambdaExecutor(ServerlessExecutor):
             self._raise_if_cancelled()
             try:
                 return client.invoke(**request)
-            except ClientError as error:
-                if not _is_throttling(error):
+            except Exception as error:
+                if self._cancelled.is_set():  # e.g. the local runtime, stopped by cancel(), refused it
+                    raise CancelledError("the executor was cancelled while this invocation was sent") from error
+                why = _why_retry(error)
+                if why is None:
                     raise
-                if attempt >= self.max_throttle_retries:
-                    raise self._throttled_error(event, error) from error
+                if attempt >= self.max_retries:
+                    if isinstance(error, ClientError):
+                        raise self._throttled_error(event, error) from error
+                    raise
             delay = full_jitter_delay(attempt, self.backoff_base_s, self.backoff_max_s)
-            logger.debug("%s throttled; retry %d in %.2f s", self.function_name, attempt + 1, delay)
+            logger.debug("%s %s; retry %d in %.2f s", self.function_name, why, attempt + 1, delay)
             self._cancelled.wait(delay)
             attempt += 1
 
@@ -130,10 +139,10 @@ class LambdaExecutor(ServerlessExecutor):
         details = error.response.get("Error", {})
         code = details.get("Code") or "TooManyRequestsException"
         message = (
-            f"Lambda function {self.function_name!r} refused the invocation {self.max_throttle_retries + 1} times "
+            f"Lambda function {self.function_name!r} refused the invocation {self.max_retries + 1} times "
             f"in a row ({code}: {details.get('Message') or 'throttled'}); give the function more reserved "
-            f"concurrency, or lower max_concurrency (now {self.max_concurrency}) or raise max_throttle_retries "
-            f"(now {self.max_throttle_retries})"
+            f"concurrency, or lower max_concurrency (now {self.max_concurrency}) or raise max_retries "
+            f"(now {self.max_retries})"
         )
         return InvocationThrottledError(
             code, message, request_id=error.response.get("ResponseMetadata", {}).get("RequestId"),
@@ -160,6 +169,15 @@ class LambdaExecutor(ServerlessExecutor):
             event_task=_task_of(event),
             log_tail=log_tail,
         )
+
+
+def _why_retry(error: Exception) -> str | None:
+    """Why the invocation can safely be sent again (it provably never ran), or None if it cannot."""
+    if isinstance(error, _NEVER_SENT):
+        return f"unreachable ({error})"
+    if isinstance(error, ClientError) and _is_throttling(error):
+        return "throttled"
+    return None
 
 
 def _is_throttling(error: ClientError) -> bool:

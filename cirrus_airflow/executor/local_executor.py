@@ -32,8 +32,10 @@ def local_lambda_client(endpoint_url: str, *, timeout_s: float, max_pool_connect
 class LocalLambdaExecutor(LambdaExecutor):
     """Runs events on a ``LocalLambdaRuntime`` that serves one function, started on first use, stopped by ``close()``.
 
-    ``max_concurrency`` defaults to the function's reserved concurrency. ``cancel()`` also kills
-    the invocations that are running, which AWS cannot do.
+    ``max_concurrency`` defaults to the function's reserved concurrency. ``cancel()`` stops the
+    runtime at once, which AWS cannot do: running invocations are killed, queued asynchronous
+    events dropped, and invocations that are only starting refused. A cancelled executor is
+    never used again, so nothing is lost by stopping the whole runtime.
     """
 
     def __init__(self, *, function_name: str = "cirrus-worker", function: FunctionConfig | None = None,
@@ -43,30 +45,25 @@ class LocalLambdaExecutor(LambdaExecutor):
         self._runtime: LocalLambdaRuntime | None = None
         self._start_lock = threading.Lock()
 
-    @property
-    def runtime(self) -> LocalLambdaRuntime | None:
-        """The runtime once started (the first invocation starts it), else None."""
-        return self._runtime
-
     def _lambda_client(self) -> Any:
         with self._start_lock:
             if self._client is None:
-                if self._closed:
-                    raise RuntimeError("the executor is closed; create a new one to invoke more events")
-                runtime = LocalLambdaRuntime({self.function_name: self.function}).start()
+                self._check_usable()
+                self._runtime = runtime = LocalLambdaRuntime({self.function_name: self.function}).start()
+                if self._cancelled.is_set():  # cancel() may have looked for a runtime just before it existed
+                    runtime.cancel()
                 self._client = local_lambda_client(
                     runtime.endpoint_url, timeout_s=self.function.timeout_s, max_pool_connections=self.max_concurrency
                 )
-                self._runtime = runtime
             return self._client
 
     def cancel(self) -> None:
+        """Refuse new work and stop the runtime; lock-free, like the base class, for signal handlers."""
         super().cancel()
         runtime = self._runtime
         if runtime is not None:
-            stopped = runtime.kill_running(self.function_name)
-            if stopped:
-                logger.info("killed %d running invocation(s) of %s", stopped, self.function_name)
+            runtime.cancel()
+            logger.info("stopped the local Lambda runtime of %s: its invocations were cancelled", self.function_name)
 
     def close(self) -> None:
         super().close()

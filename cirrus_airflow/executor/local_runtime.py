@@ -11,6 +11,10 @@ memory is sampled a few times a second, and its peak (VmHWM) is checked when it 
 never done with RLIMIT_AS, which breaks numpy and pyarrow, whose address space is far larger
 than their memory use. Asynchronous invocations are not retried (Lambda retries twice by default); a
 failure is logged at ERROR level.
+
+Once stopped (or cancelled) a runtime refuses every new invocation with 503 ServiceException;
+that check and the registration of a running worker happen under one lock, so an invocation
+that is just starting is either refused or killed, never missed.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from cirrus_airflow.executor.function_config import FunctionConfig
+from cirrus_airflow.executor.function_config import ASYNC_PAYLOAD_LIMIT, SYNC_PAYLOAD_LIMIT, FunctionConfig
 from cirrus_airflow.executor.invoke_api import InvokeApiServer, LambdaApiError
 from cirrus_airflow.executor.worker_process import WorkerProcess
 
@@ -39,8 +43,6 @@ logger = logging.getLogger(__name__)
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"
 LATEST = "$LATEST"
-SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024
-ASYNC_PAYLOAD_LIMIT = 256 * 1024
 
 _WATCH_INTERVAL_S = 0.1
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -64,9 +66,20 @@ class InvocationResult:
 
 @dataclass
 class _Watch:
-    function_name: str
+    """What the watchdog enforces on a worker that runs (or starts for) an invocation."""
+
     deadline: float
     memory_mb: int
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """How far one invocation got in its worker: the reply (None if the worker died) and its timings."""
+
+    reply: dict[str, Any] | None
+    duration_ms: float
+    init_ms: float | None
+    init_lines: list[str]
 
 
 class _Function:
@@ -92,7 +105,7 @@ class LocalLambdaRuntime:
         self._functions = {name: _Function(name, config) for name, config in functions.items()}
         self._address = (host, port)
         self._lock = threading.Lock()
-        self._in_flight: dict[WorkerProcess, _Watch] = {}
+        self._in_flight: dict[WorkerProcess, _Watch] = {}  # running workers, until their reply arrives
         self._stopping = threading.Event()
         self._server: InvokeApiServer | None = None
         self._threads: list[threading.Thread] = []
@@ -122,7 +135,25 @@ class LocalLambdaRuntime:
 
     def stop(self) -> None:
         """Kill every worker, drop queued asynchronous events and shut the server; returns when all is gone."""
-        if self._server is None:
+        self._shut_down("shutdown")
+
+    def cancel(self) -> None:
+        """Stop as ``stop()`` does, for ``on_kill``: the killed invocations report that they were cancelled.
+
+        Safe to call more than once and from any thread; a second call returns at once.
+        """
+        self._shut_down("cancelled")
+
+    def __enter__(self) -> LocalLambdaRuntime:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def _shut_down(self, reason: str) -> None:
+        """Refuse new work, kill what runs (first, so that it stops soonest), then end every thread."""
+        if self._server is None or self._stopping.is_set():
             return
         with self._lock:
             if self._stopping.is_set():
@@ -132,11 +163,11 @@ class LocalLambdaRuntime:
             idle = [worker for function in self._functions.values() for worker in function.idle]
             for function in self._functions.values():
                 function.idle.clear()
-        self._server.shutdown()
         for worker in running:
-            worker.kill("shutdown")
+            worker.kill(reason)
+        self._server.shutdown()
         for worker in idle:
-            worker.close("shutdown")
+            worker.close(reason)
         for function in self._functions.values():
             self._stop_event_threads(function)
         self._server.close_connections()
@@ -144,28 +175,6 @@ class LocalLambdaRuntime:
         for thread in self._threads:
             thread.join()
         logger.info("local Lambda runtime on %s stopped", self.endpoint_url)
-
-    def __enter__(self) -> LocalLambdaRuntime:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    def kill_running(self, function_name: str | None = None) -> int:
-        """Kill in-flight invocations (of one function, or all) and drop their queued asynchronous events.
-
-        Returns how many invocations were stopped, killed and dropped together. This is the
-        ``on_kill`` path: nothing of a cancelled task should keep running.
-        """
-        functions = [self._function(function_name)] if function_name else list(self._functions.values())
-        names = {function.name for function in functions}
-        with self._lock:
-            running = [worker for worker, watch in self._in_flight.items() if watch.function_name in names]
-        for worker in running:
-            worker.kill("cancelled")
-        dropped = sum(self._drop_queued_events(function) for function in functions)
-        return len(running) + dropped
 
     def invoke(self, function_name: str, payload: bytes, *, qualifier: str | None = None,
                invocation_type: str = "RequestResponse") -> InvocationResult:
@@ -195,12 +204,6 @@ class LocalLambdaRuntime:
         finally:
             function.slots.release()
 
-    def _function(self, name: str) -> _Function:
-        try:
-            return self._functions[name]
-        except KeyError:
-            raise ValueError(f"no function named {name!r}; this runtime serves {sorted(self._functions)}") from None
-
     def _resolve(self, function_name: str, qualifier: str | None) -> _Function:
         name, path_qualifier = _split_function_name(function_name)
         if path_qualifier and qualifier and path_qualifier != qualifier:
@@ -215,9 +218,33 @@ class LocalLambdaRuntime:
         return function
 
     def _run(self, function: _Function, event_text: str, request_id: str) -> InvocationResult:
-        """One invocation in a warm worker, or in a new one; the worker goes back to the pool only if healthy."""
+        """One invocation in a warm worker, or in a new one; the worker goes back to the pool only if healthy.
+
+        Whatever happens after the worker is taken, it is released: a worker left registered
+        would never be reaped.
+        """
         worker, cold = self._take_worker(function)
-        function.log.debug("START RequestId: %s Version: %s", request_id, LATEST)
+        healthy = False
+        try:
+            function.log.debug("START RequestId: %s Version: %s", request_id, LATEST)
+            attempt = self._attempt(worker, cold, function, event_text, request_id)
+            outcome, notes = _outcome(worker, attempt.reply, request_id, function.config.timeout_s)
+            healthy = outcome["type"] in ("result", "error")
+            lines = [*attempt.init_lines, f"START RequestId: {request_id} Version: {LATEST}", *worker.take_log(),
+                     *notes]
+        finally:
+            self._release_worker(function, worker, healthy=healthy)
+        payload, function_error = _answer(outcome, request_id)
+        report = _report_line(request_id, attempt.duration_ms, function.config.memory_mb, worker.peak_rss_mb,
+                              attempt.init_ms)
+        function.log.debug("END RequestId: %s", request_id)
+        function.log.debug("%s", report)
+        lines += [f"END RequestId: {request_id}", report]
+        return InvocationResult(request_id, 200, payload, function_error, "\n".join(lines) + "\n")
+
+    def _attempt(self, worker: WorkerProcess, cold: bool, function: _Function, event_text: str,
+                 request_id: str) -> _Attempt:
+        """Start the worker if it is new, run the event in it and check its memory peak."""
         started = time.monotonic()
         reply, init_ms, init_lines = None, None, []
         ready = not cold
@@ -235,19 +262,12 @@ class LocalLambdaRuntime:
                 "deadline_ms": (time.time() + function.config.timeout_s) * 1000,
                 "invoked_function_arn": function.arn,
             })
+            self._unwatch(worker)
         duration_ms = (time.monotonic() - started) * 1000
         worker.sample_memory()
         if reply is not None and worker.peak_rss_mb > function.config.memory_mb:
             worker.kill("memory")
-        outcome, notes = _outcome(worker, reply, request_id, function.config.timeout_s)
-        lines = [*init_lines, f"START RequestId: {request_id} Version: {LATEST}", *worker.take_log(), *notes]
-        self._release_worker(function, worker, healthy=outcome["type"] in ("result", "error"))
-        payload, function_error = _answer(outcome, request_id)
-        report = _report_line(request_id, duration_ms, function.config.memory_mb, worker.peak_rss_mb, init_ms)
-        function.log.debug("END RequestId: %s", request_id)
-        function.log.debug("%s", report)
-        lines += [f"END RequestId: {request_id}", report]
-        return InvocationResult(request_id, 200, payload, function_error, "\n".join(lines) + "\n")
+        return _Attempt(reply, duration_ms, init_ms, init_lines)
 
     def _take_worker(self, function: _Function) -> tuple[WorkerProcess, bool]:
         """A warm worker if one is idle, else a new one (a cold start); either is watched from now on."""
@@ -257,12 +277,12 @@ class LocalLambdaRuntime:
             while function.idle:
                 worker = function.idle.pop()
                 if worker.alive():
-                    self._in_flight[worker] = _Watch(function.name, math.inf, function.config.memory_mb)
+                    self._in_flight[worker] = _Watch(math.inf, function.config.memory_mb)
                     return worker, False
                 worker.close("died while idle")
             worker = WorkerProcess(function.config.handler, self._worker_environment(function), function.log)
             deadline = time.monotonic() + function.config.timeout_s
-            self._in_flight[worker] = _Watch(function.name, deadline, function.config.memory_mb)
+            self._in_flight[worker] = _Watch(deadline, function.config.memory_mb)
             return worker, True
 
     def _start_clock(self, worker: WorkerProcess, function: _Function) -> float:
@@ -272,10 +292,16 @@ class LocalLambdaRuntime:
             self._in_flight[worker].deadline = started + function.config.timeout_s
         return started
 
-    def _release_worker(self, function: _Function, worker: WorkerProcess, *, healthy: bool) -> None:
+    def _unwatch(self, worker: WorkerProcess) -> None:
+        """The reply is in (or the worker is dead): from now on nothing may kill the worker for this invocation."""
         with self._lock:
-            del self._in_flight[worker]
-            keep = healthy and worker.alive() and not self._stopping.is_set()
+            self._in_flight.pop(worker, None)
+
+    def _release_worker(self, function: _Function, worker: WorkerProcess, *, healthy: bool) -> None:
+        """Keep a healthy worker warm; retire one that failed, was killed (even just now) or outlives the runtime."""
+        with self._lock:
+            self._in_flight.pop(worker, None)
+            keep = healthy and worker.kill_reason is None and worker.alive() and not self._stopping.is_set()
             if keep:
                 function.idle.append(worker)
         if not keep:
@@ -312,12 +338,15 @@ class LocalLambdaRuntime:
             with self._lock:
                 watched = list(self._in_flight.items())
             for worker, watch in watched:
-                if now >= watch.deadline:
-                    worker.kill("timeout")
-                    continue
-                rss_mb = worker.sample_memory()
-                if rss_mb is not None and rss_mb > watch.memory_mb:
-                    worker.kill("memory")
+                reason = _breach(worker, watch, now)
+                if reason is not None:
+                    self._kill_if_watched(worker, watch, reason)
+
+    def _kill_if_watched(self, worker: WorkerProcess, watch: _Watch, reason: str) -> None:
+        """Kill unless the worker replied since it was checked: a reply that is in must not become a failure."""
+        with self._lock:
+            if self._in_flight.get(worker) is watch:
+                worker.kill(reason)
 
     def _enqueue_event(self, function: _Function, event_text: str, request_id: str) -> None:
         with self._lock:
@@ -334,16 +363,19 @@ class LocalLambdaRuntime:
             function.events.put((event_text, request_id))
 
     def _serve_events(self, function: _Function) -> None:
-        """Run queued asynchronous events as slots free up, like Lambda's internal event queue."""
+        """Run queued asynchronous events as slots free up, like Lambda's internal event queue.
+
+        Once the runtime stops, ``_run`` refuses each event still queued, and it is dropped.
+        """
         while (item := function.events.get()) is not None:
             event_text, request_id = item
             with function.slots:
-                if self._stopping.is_set():
-                    logger.warning("dropped asynchronous invocation %s of %s: the runtime is stopping",
-                                   request_id, function.name)
-                    continue
                 try:
                     result = self._run(function, event_text, request_id)
+                except LambdaApiError as refused:
+                    logger.warning("dropped asynchronous invocation %s of %s: %s", request_id, function.name,
+                                   refused.message)
+                    continue
                 except Exception:  # this thread must survive to run the next events
                     logger.exception("asynchronous invocation %s of %s could not run", request_id, function.name)
                     continue
@@ -351,21 +383,8 @@ class LocalLambdaRuntime:
                 logger.error("asynchronous invocation %s of %s failed: %s\n%s", request_id, function.name,
                              result.payload.decode("utf-8", "replace"), result.log)
 
-    def _drop_queued_events(self, function: _Function) -> int:
-        dropped = 0
-        while True:
-            try:
-                item = function.events.get_nowait()
-            except queue.Empty:
-                return dropped
-            if item is None:
-                function.events.put(None)
-                return dropped
-            dropped += 1
-            logger.warning("dropped queued asynchronous invocation %s of %s", item[1], function.name)
-
     def _stop_event_threads(self, function: _Function) -> None:
-        self._drop_queued_events(function)
+        """One end marker per thread, behind the queued events, which the stopped runtime drops."""
         for _ in function.event_threads:
             function.events.put(None)
         for thread in function.event_threads:
@@ -419,10 +438,25 @@ def _with_package_root(pythonpath: str | None) -> str | None:
     return os.pathsep.join(entries) or None
 
 
+def _breach(worker: WorkerProcess, watch: _Watch, now: float) -> str | None:
+    """Why the watchdog must kill a running worker (``timeout`` or ``memory``), if it must."""
+    if now >= watch.deadline:
+        return "timeout"
+    rss_mb = worker.sample_memory()
+    if rss_mb is not None and rss_mb > watch.memory_mb:
+        return "memory"
+    return None
+
+
 def _outcome(worker: WorkerProcess, reply: dict[str, Any] | None, request_id: str,
              timeout_s: float) -> tuple[dict[str, Any], list[str]]:
-    """The worker's reply, or the error Lambda reports when the sandbox failed (with the log lines that go with it)."""
-    if worker.kill_reason is None and reply is not None:
+    """The worker's reply, or the error Lambda reports when the sandbox failed (with the log lines that go with it).
+
+    A reply that arrived wins over a kill that came after it (a deadline or a ``stop()`` that
+    raced with the reply): the handler did finish. Only the memory peak, measured on the
+    reply, turns a reply into a failure.
+    """
+    if reply is not None and worker.kill_reason != "memory":
         return reply, []
     if worker.kill_reason == "timeout":
         stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

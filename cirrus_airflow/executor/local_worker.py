@@ -1,7 +1,10 @@
 """The process inside one local Lambda sandbox: it imports the handler once, then runs invocations.
 
-The local runtime starts it as ``python -m cirrus_airflow.executor.local_worker MODULE.FUNCTION``
-and keeps it warm between invocations, as Lambda keeps a container. Requests arrive on stdin
+The local runtime starts it as ``python -m cirrus_airflow.executor.local_worker MODULE.FUNCTION FD``
+and keeps it warm between invocations, as Lambda keeps a container. FD is the worker's
+lifeline, a pipe that reaches end of file when the runtime's process dies: a daemon thread
+waits on it and then kills the worker's process group (the worker leads its own session), so a
+handler never runs on after the task that started it was killed. Requests arrive on stdin
 and replies leave on stdout (see ``protocol``); before anything else the worker moves both pipes
 to private descriptors and points fds 0 and 1 at /dev/null and stderr, so that a handler's
 ``print`` or a subprocess it starts cannot corrupt the protocol. Everything the handler writes
@@ -13,11 +16,14 @@ This module must stay light: every cold start imports it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -52,6 +58,23 @@ class _InitError(Exception):
     def __init__(self, error_type: str, message: str) -> None:
         super().__init__(message)
         self.error_type = error_type
+
+
+def _hold_lifeline(descriptor: int) -> None:
+    """Kill this worker and everything it started once the runtime's process is gone.
+
+    Nobody writes to the lifeline, so a read returns only at end of file (or fails, which
+    means the same: the worker can no longer tell that its runtime is alive).
+    """
+    os.set_inheritable(descriptor, False)  # the handler's own children have no use for it
+
+    def wait_for_end_of_file() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(descriptor, 64):
+                pass
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=wait_for_end_of_file, name="cirrus-lifeline", daemon=True).start()
 
 
 def _take_protocol_pipes() -> tuple[BinaryIO, BinaryIO]:
@@ -118,7 +141,8 @@ def _mark_end_of_log(request_id: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Load the handler, report readiness (or the init error), then serve invocations until stdin closes."""
-    (handler_spec,) = argv if argv is not None else sys.argv[1:]
+    handler_spec, lifeline = argv if argv is not None else sys.argv[1:]
+    _hold_lifeline(int(lifeline))
     requests, replies = _take_protocol_pipes()
     logging.basicConfig(
         stream=sys.stderr,

@@ -6,6 +6,12 @@ that killing its process group also ends whatever the handler started, as Lambda
 tears down a sandbox. It runs one invocation at
 a time; its stderr is read by a thread that forwards each line to Python logging and keeps
 the last lines for the invocation's log tail.
+
+Each worker also gets a lifeline: the read end of a pipe whose write end only the runtime
+holds. When the runtime's process dies, even by SIGKILL, the pipe reaches end of file and the
+worker kills its process group, so no handler outlives the task that started it. (Not
+PR_SET_PDEATHSIG: it fires when the spawning *thread* exits, and workers are spawned from
+short-lived HTTP handler threads.)
 """
 
 from __future__ import annotations
@@ -33,14 +39,22 @@ class WorkerProcess:
 
     def __init__(self, handler: str, env: dict[str, str], log: logging.Logger) -> None:
         self._log = log
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cirrus_airflow.executor.local_worker", handler],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-        )
+        child_end, self._lifeline = os.pipe()  # both ends close on exec; pass_fds hands the worker its end
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cirrus_airflow.executor.local_worker", handler, str(child_end)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                start_new_session=True,
+                pass_fds=(child_end,),
+            )
+        except BaseException:
+            os.close(self._lifeline)
+            raise
+        finally:
+            os.close(child_end)
         stdin, stdout, stderr = self.process.stdin, self.process.stdout, self.process.stderr
         assert stdin is not None and stdout is not None and stderr is not None  # all three were asked as PIPE
         self._requests, self._replies, self._stderr = stdin, stdout, stderr
@@ -123,13 +137,16 @@ class WorkerProcess:
         return f"exit status {code}"
 
     def close(self, reason: str) -> None:
-        """Kill the process (if still running), reap it and release its pipes; the log thread closes stderr."""
+        """Kill the process (if still running), reap it, release its pipes and lifeline; the log thread closes stderr."""
         self.kill(reason)
         self.process.wait()
         self._log_pump.join(_LOG_FLUSH_WAIT_S)
         for stream in (self._requests, self._replies):
             with contextlib.suppress(OSError):
                 stream.close()
+        if self._lifeline >= 0:
+            os.close(self._lifeline)
+            self._lifeline = -1
 
     def _pump_log(self) -> None:
         with self._stderr:

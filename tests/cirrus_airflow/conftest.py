@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import textwrap
 import threading
 import time
@@ -169,13 +168,13 @@ def read_pid() -> Callable[[Path], int]:
 
 @pytest.fixture
 def process_exists() -> Callable[[int], bool]:
-    """Whether a pid is still a process (worker processes are reaped by the runtime, so a gone pid fails os.kill)."""
+    """Whether a pid still runs. A zombie does not: an orphan is reaped by init, which a container may lack."""
 
     def exists(pid: int) -> bool:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
             return False
-        return True
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
     return exists

@@ -6,16 +6,17 @@ import base64
 import io
 import json
 import logging
-import pickle
 import random
 import socket
 import threading
 import time
 from concurrent.futures import CancelledError
+from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
 import pytest
+from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
@@ -24,14 +25,16 @@ from cirrus_airflow.executor import (
     InvocationThrottledError,
     LambdaExecutor,
     LocalLambdaExecutor,
+    ServerlessExecutor,
     lambda_client_config,
     local_lambda_client,
+    local_runtime,
 )
 from cirrus_airflow.executor.lambda_executor import full_jitter_delay
 
 
 @pytest.fixture
-def local_executor(function_config):
+def local_executor(function_config, wait_for):
     """``local_executor("echo", timeout_s=1, max_concurrency=2)``: a LocalLambdaExecutor closed after the test."""
     executors = []
 
@@ -45,8 +48,8 @@ def local_executor(function_config):
     yield make
     for executor in executors:
         executor.close()
-    leaked = [thread.name for thread in set(threading.enumerate()) - threads_before]
-    assert not leaked, f"threads left running after close(): {leaked}"
+    # after cancel(), close() does not wait: the invocation threads end on their own, soon
+    wait_for(lambda: not set(threading.enumerate()) - threads_before, what="the executors' threads to end")
 
 
 def streaming(payload: bytes) -> StreamingBody:
@@ -64,18 +67,17 @@ def stubbed_client():
 
 def test_local_executor_starts_its_runtime_on_first_use_and_stops_it_on_close(function_config, process_exists):
     executor = LocalLambdaExecutor(function_name="echo", function=function_config("echo"))
-    assert executor.runtime is None
     assert executor.max_concurrency == 4
 
     result = executor.invoke({"task": "noop", "n": 1})
-    runtime = executor.runtime
     executor.close()
 
     assert result["event"] == {"task": "noop", "n": 1}
     assert result["context"]["function_name"] == "echo"
     assert not process_exists(result["pid"])
+    endpoint = urlsplit(result["env"]["AWS_ENDPOINT_URL_LAMBDA"])
     with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(urlsplit(runtime.endpoint_url).netloc.split(":"), timeout=5)
+        socket.create_connection((endpoint.hostname, endpoint.port), timeout=5)
     with pytest.raises(RuntimeError, match="closed"):
         executor.invoke({})
 
@@ -177,6 +179,86 @@ def test_cancel_kills_running_invocations_and_drops_queued_ones(local_executor, 
         executor.submit({"seconds": 0})
 
 
+def test_cancel_stops_an_invocation_that_is_only_starting(local_executor, tmp_path, monkeypatch):
+    """The request has reached the runtime, but no worker runs it yet: cancel() must still stop it."""
+    reached = threading.Event()
+    take_worker = local_runtime.LocalLambdaRuntime._take_worker
+
+    def take_worker_after_cancel(runtime: local_runtime.LocalLambdaRuntime, function: Any) -> Any:
+        reached.set()
+        give_up = time.monotonic() + 10
+        while not runtime._stopping.is_set() and time.monotonic() < give_up:
+            time.sleep(0.01)
+        return take_worker(runtime, function)
+
+    monkeypatch.setattr(local_runtime.LocalLambdaRuntime, "_take_worker", take_worker_after_cancel)
+    executor = local_executor("sleep")
+    starting = executor.submit({"seconds": 1, "pid_file": str(tmp_path / "pid")})
+    assert reached.wait(30), "the invocation never reached the runtime"
+
+    executor.cancel()
+
+    with pytest.raises(CancelledError):
+        starting.result(timeout=30)
+    assert not (tmp_path / "pid").exists()
+
+
+def test_cancel_drops_asynchronous_events_that_wait_for_a_slot(local_executor, tmp_path, read_pid, process_exists,
+                                                               caplog):
+    """One event is already taken off the queue, waiting for the slot; the other is still queued."""
+    executor = local_executor("sleep", concurrency=1)
+    running = executor.submit({"seconds": 60, "pid_file": str(tmp_path / "pid")})
+    pid = read_pid(tmp_path / "pid")
+    events = [executor.invoke_async({"seconds": 0, "pid_file": str(tmp_path / name)}) for name in ("never", "nor")]
+
+    executor.cancel()
+
+    with pytest.raises(InvocationError, match="cancelled"):
+        running.result(timeout=10)
+    assert not process_exists(pid)
+    for request_id in events:  # cancel() returns once every event is dropped, none can start later
+        assert f"dropped asynchronous invocation {request_id}" in caplog.text
+    assert not (tmp_path / "never").exists() and not (tmp_path / "nor").exists()
+    with pytest.raises(CancelledError):
+        executor.invoke_async({"seconds": 0})
+
+
+class BlockingExecutor(ServerlessExecutor):
+    """Invocations that run until released: stands for AWS, where a running invocation cannot be stopped."""
+
+    def __init__(self) -> None:
+        super().__init__(max_concurrency=1)
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def invoke(self, event: dict[str, Any]) -> dict[str, Any]:
+        self.started.set()
+        self.release.wait(60)
+        return event
+
+    def invoke_async(self, event: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+
+def test_close_after_cancel_does_not_wait_for_running_invocations():
+    executor = BlockingExecutor()
+    try:
+        running = executor.submit({"n": 1})
+        queued = executor.submit({"n": 2})
+        assert executor.started.wait(10)
+        executor.cancel()
+        started = time.monotonic()
+
+        executor.close()
+
+        assert time.monotonic() - started < 10
+        assert queued.cancelled()
+        assert not running.done()
+    finally:
+        executor.release.set()
+    assert running.result(timeout=10) == {"n": 1}
+
+
 def test_leaving_the_with_block_on_an_error_cancels_running_work(function_config, tmp_path, read_pid,
                                                                   process_exists):
     executor = LocalLambdaExecutor(function_name="sleep", function=function_config("sleep"))
@@ -194,7 +276,7 @@ def test_lambda_executor_retries_throttled_invocations_until_a_slot_frees(
     release = tmp_path / "release"
     caplog.set_level(logging.DEBUG, logger="cirrus_airflow.executor.lambda_executor")
     executor = LambdaExecutor(local_lambda_client(runtime.endpoint_url, timeout_s=60), "hold",
-                              max_concurrency=2, max_throttle_retries=200, backoff_base_s=0.01, backoff_max_s=0.05)
+                              max_concurrency=2, max_retries=200, backoff_base_s=0.01, backoff_max_s=0.05)
     try:
         first = executor.submit({"release_file": str(release), "pid_file": str(tmp_path / "pid")})
         read_pid(tmp_path / "pid")
@@ -227,7 +309,7 @@ def test_throttling_past_the_limit_gives_an_actionable_error(stubbed_client):
     for _ in range(4):
         stubber.add_client_error("invoke", service_error_code="TooManyRequestsException",
                                  service_message="Rate Exceeded.", http_status_code=429)
-    executor = LambdaExecutor(client, "cirrus-worker", max_throttle_retries=3, backoff_base_s=0.001,
+    executor = LambdaExecutor(client, "cirrus-worker", max_retries=3, backoff_base_s=0.001,
                               backoff_max_s=0.01, max_concurrency=16)
 
     with pytest.raises(InvocationThrottledError) as throttled:
@@ -240,6 +322,55 @@ def test_throttling_past_the_limit_gives_an_actionable_error(stubbed_client):
     assert "'cirrus-worker' refused the invocation 4 times" in message
     assert "Rate Exceeded." in message
     assert "reserved concurrency" in message and "max_concurrency (now 16)" in message
+
+
+def fail_sends(client: Any, failures: list[Exception]) -> list[str]:
+    """Make the client's next sends fail with ``failures``, in order; returns the log of every send."""
+    sends: list[str] = []
+
+    def before_send(request: Any, **_: Any) -> None:
+        sends.append(request.url)
+        if failures:
+            raise failures.pop(0)
+
+    client.meta.events.register("before-send.lambda.Invoke", before_send)
+    return sends
+
+
+def test_connection_failures_are_retried_then_succeed(function_config, start_runtime):
+    runtime = start_runtime({"echo": function_config("echo")})
+    client = local_lambda_client(runtime.endpoint_url, timeout_s=60)
+    sends = fail_sends(client, [EndpointConnectionError(endpoint_url=runtime.endpoint_url),
+                                ConnectTimeoutError(endpoint_url=runtime.endpoint_url)])
+    executor = LambdaExecutor(client, "echo", backoff_base_s=0.001, backoff_max_s=0.01)
+
+    assert executor.invoke({"n": 1})["event"] == {"n": 1}
+    assert len(sends) == 3
+
+
+def test_an_unreachable_endpoint_is_retried_up_to_the_limit():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    client = local_lambda_client(closed, timeout_s=60)
+    sends = fail_sends(client, [])
+    executor = LambdaExecutor(client, "cirrus-worker", max_retries=2, backoff_base_s=0.001, backoff_max_s=0.01)
+
+    with pytest.raises(EndpointConnectionError, match="Could not connect"):
+        executor.invoke({})
+    assert len(sends) == 3
+
+
+def test_a_read_timeout_is_never_retried():
+    """The first attempt may still be running: sending the event again could run a worker twice."""
+    client = boto3.session.Session(aws_access_key_id="x", aws_secret_access_key="x").client(
+        "lambda", region_name="us-east-1", config=lambda_client_config(60))
+    sends = fail_sends(client, [ReadTimeoutError(endpoint_url="https://lambda.us-east-1.amazonaws.com")] * 3)
+    executor = LambdaExecutor(client, "cirrus-worker", backoff_base_s=0.001, backoff_max_s=0.01)
+
+    with pytest.raises(ReadTimeoutError):
+        executor.invoke({"task": "train.worker"})
+    assert len(sends) == 1
 
 
 def test_other_client_errors_are_not_retried(stubbed_client):
@@ -289,14 +420,6 @@ def test_full_jitter_stays_under_an_exponential_cap():
         assert max(delays) > 0.8 * cap
 
 
-def test_client_config_outlasts_the_function_and_never_retries():
-    config = lambda_client_config(900)
-
-    assert config.read_timeout > 900
-    assert config.retries == {"total_max_attempts": 1, "mode": "standard"}
-    assert config.tcp_keepalive is True
-
-
 def test_a_client_that_retries_on_its_own_is_flagged(caplog):
     client = boto3.session.Session(aws_access_key_id="x", aws_secret_access_key="x").client(
         "lambda", region_name="us-east-1")
@@ -306,19 +429,9 @@ def test_a_client_that_retries_on_its_own_is_flagged(caplog):
     assert "lambda_client_config" in caplog.text
 
 
-def test_invocation_error_survives_pickling():
-    error = InvocationError("Runtime.OutOfMemory", "signal: killed", request_id="r-2", event_task="train.worker")
-
-    copy = pickle.loads(pickle.dumps(error))
-
-    assert (copy.error_type, copy.error_message, copy.request_id, copy.event_task) == (
-        "Runtime.OutOfMemory", "signal: killed", "r-2", "train.worker")
-    assert str(copy) == str(error)
-
-
 @pytest.mark.parametrize(("settings", "message"), [
     ({"max_concurrency": 0}, "max_concurrency"),
-    ({"max_throttle_retries": -1}, "max_throttle_retries"),
+    ({"max_retries": -1}, "max_retries"),
     ({"backoff_base_s": 2.0, "backoff_max_s": 1.0}, "backoff"),
 ])
 def test_lambda_executor_rejects_bad_settings(settings, message):

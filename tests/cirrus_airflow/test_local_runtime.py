@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from botocore.exceptions import EndpointConnectionError
 
 from cirrus_airflow.executor import FunctionConfig, LocalLambdaRuntime, local_lambda_client, local_runtime
+from cirrus_airflow.executor.worker_process import WorkerProcess
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def client_for(runtime: LocalLambdaRuntime, timeout_s: float = 60.0) -> Any:
@@ -153,14 +165,13 @@ def test_memory_spike_between_samples_is_caught_when_the_worker_replies(function
 
 def test_memory_used_by_the_parent_does_not_count_against_a_worker(function_config, start_runtime):
     """A worker's peak must be its own: a large parent (an Airflow worker) must not make every invocation fail."""
-    parent_ballast = b"\x01" * (300 << 20)
+    parent_ballast = b"\x01" * (300 << 20)  # noqa: F841 - held until the test ends
     client = client_for(start_runtime({"allocate": function_config("allocate", memory_mb=128)}))
 
     response, result = invoke(client, "allocate", {"mb": 10})
 
     assert "FunctionError" not in response
     assert result == {"allocated": 10 << 20}
-    assert len(parent_ballast) == 300 << 20
 
 
 def test_worker_that_exits_is_reported_as_exit_error(function_config, start_runtime):
@@ -254,22 +265,94 @@ def test_async_failure_is_logged(function_config, start_runtime, caplog, wait_fo
     assert "cannot use x='async'" in failure
 
 
-def test_kill_running_stops_in_flight_invocations(function_config, start_runtime, tmp_path, read_pid, process_exists):
-    runtime = start_runtime({"sleep": function_config("sleep"), "echo": function_config("echo")})
+def test_cancel_kills_running_invocations_and_refuses_new_ones(function_config, start_runtime, tmp_path, read_pid,
+                                                               process_exists):
+    runtime = start_runtime({"sleep": function_config("sleep")})
     client = client_for(runtime)
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(invoke, client, "sleep", {"seconds": 60, "pid_file": str(tmp_path / "pid")})
         pid = read_pid(tmp_path / "pid")
 
-        assert runtime.kill_running("echo") == 0
-        assert runtime.kill_running("sleep") == 1
+        runtime.cancel()
         response, error = running.result(timeout=10)
 
     assert error["errorType"] == "Runtime.ExitError"
     assert "cancelled" in error["errorMessage"]
     assert not process_exists(pid)
-    with pytest.raises(ValueError, match="no function named 'nope'"):
-        runtime.kill_running("nope")
+    with pytest.raises(EndpointConnectionError):
+        client.invoke(FunctionName="sleep", Payload=b'{"seconds": 0}')
+    runtime.cancel()  # a second call, or stop(), returns at once
+
+
+def test_a_runtime_failure_after_the_worker_is_taken_still_retires_it(function_config, start_runtime, tmp_path,
+                                                                       read_pid, process_exists, monkeypatch):
+    def broken(*args: Any) -> None:
+        raise RuntimeError("simulated runtime bug")
+
+    monkeypatch.setattr(local_runtime, "_outcome", broken)
+    client = client_for(start_runtime({"sleep": function_config("sleep")}))
+
+    with pytest.raises(client.exceptions.ServiceException, match="simulated runtime bug"):
+        invoke(client, "sleep", {"seconds": 0, "pid_file": str(tmp_path / "pid")})
+
+    assert not process_exists(read_pid(tmp_path / "pid"))
+
+
+def test_a_reply_that_arrived_wins_over_a_kill_that_came_after_it(function_config, start_runtime, monkeypatch):
+    """The watchdog may fire between the reply and the runtime's look at it: the handler did finish in time."""
+    client = client_for(start_runtime({"echo": function_config("echo")}))
+    run = WorkerProcess.run
+
+    def run_then_time_out(worker: WorkerProcess, request: dict[str, Any]) -> dict[str, Any] | None:
+        reply = run(worker, request)
+        worker.kill("timeout")
+        return reply
+
+    with monkeypatch.context() as patch:
+        patch.setattr(WorkerProcess, "run", run_then_time_out)
+        response, first = invoke(client, "echo", {"n": 1})
+    again, second = invoke(client, "echo", {"n": 2})
+
+    assert "FunctionError" not in response
+    assert first["event"] == {"n": 1}
+    assert "FunctionError" not in again
+    assert second["pid"] != first["pid"]  # the killed worker was not kept warm
+
+
+def test_workers_die_with_the_process_that_started_them(function_config, tmp_path, read_pid, process_exists,
+                                                        wait_for):
+    """SIGKILL gives the runtime no chance to stop its workers: their lifelines must end them."""
+    starter = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import json, sys
+        from cirrus_airflow.executor import FunctionConfig, LocalLambdaExecutor
+        environment, pid_file = sys.argv[1:]
+        function = FunctionConfig(handler="cirrus_test_handlers.sleep", environment=json.loads(environment))
+        LocalLambdaExecutor(function_name="sleep", function=function).invoke({"seconds": 60, "pid_file": pid_file})
+    """), json.dumps(function_config("sleep").environment), str(tmp_path / "pid")], cwd=REPO)
+    try:
+        worker_pid = read_pid(tmp_path / "pid")
+    finally:
+        starter.kill()
+        starter.wait()
+    try:
+        wait_for(lambda: not process_exists(worker_pid), what="the worker to die with the process that started it")
+    finally:
+        if process_exists(worker_pid):
+            os.killpg(worker_pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("length", ["-1", "lots"])
+def test_a_malformed_content_length_is_refused_at_once(function_config, start_runtime, length):
+    endpoint = urlsplit(start_runtime({"echo": function_config("echo")}).endpoint_url)
+    with socket.create_connection((endpoint.hostname, endpoint.port), timeout=10) as sock:
+        sock.sendall(f"POST /2015-03-31/functions/echo/invocations HTTP/1.1\r\nHost: {endpoint.netloc}\r\n"
+                     f"Content-Length: {length}\r\n\r\n".encode())
+        reply = b""
+        while chunk := sock.recv(65536):  # the server answers, then closes; a hang times out after 10 s
+            reply += chunk
+
+    assert reply.split(b"\r\n", 1)[0].split(b" ")[1] == b"400"
+    assert b"Content-Length must be a byte count" in reply
 
 
 def test_unknown_function_or_version_is_not_found(function_config, start_runtime):

@@ -1,7 +1,7 @@
 """The preprocessing driver, with the real map tasks run in-process (InlineExecutor)."""
 
 import json
-import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,3 +143,17 @@ def test_parameters_are_validated_before_any_work(field, value, message):
     config = PreprocessConfig(inputs=["x"], output="y", **{field: value})
     with pytest.raises(ValueError, match=message):
         config.validate()
+
+
+SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "criteo-sample" / "criteo_sample.csv"
+
+
+@pytest.mark.skipif(not SAMPLE.exists(), reason="../shared/data is not present")
+def test_the_real_criteo_sample_preprocesses_completely(tmp_path, inline_executor):
+    lines = SAMPLE.read_bytes().count(b"\n") + (not SAMPLE.read_bytes().endswith(b"\n"))
+    summary = _run([SAMPLE], tmp_path / "out", inline_executor)
+    assert summary["rows_read"] == summary["rows_written"] == lines - 1  # all but the header
+    assert summary["rows_rejected"] == 0
+    manifest = read_manifest(Storage(), str(tmp_path / "out"))
+    assert manifest.rows("train") + manifest.rows("test") == lines - 1
+    assert manifest.transform["numeric_stats"]["missing"][0] > 0  # I1 has blanks in the sample

@@ -8,6 +8,8 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +33,29 @@ def read_line(process: subprocess.Popen, timeout_s: float = 20.0) -> str:
     return process.stdout.readline()
 
 
-def spawn(*args: str) -> subprocess.Popen:
+def spawn(*args: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "ps_service", *args],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, pass_fds=pass_fds,
     )
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` still runs; a zombie nobody reaps (an orphan under a container's init) has ended."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_until_gone(pid: int, timeout_s: float = 10.0) -> bool:
+    give_up = time.monotonic() + timeout_s
+    while running(pid):
+        if time.monotonic() > give_up:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def test_module_prints_the_listening_line_and_exits_on_sigterm():
@@ -65,6 +85,48 @@ def test_module_exits_cleanly_on_a_shutdown_request(tmp_path):
     finally:
         process.kill()
         process.wait()
+
+
+def test_module_shuts_down_when_its_lifeline_closes():
+    child_end, lifeline = os.pipe()
+    process = spawn("--lifeline-fd", str(child_end), pass_fds=(child_end,))
+    os.close(child_end)
+    try:
+        assert read_line(process).startswith("listening on ")
+        os.close(lifeline)
+        assert process.wait(20) == 0
+        assert "is gone; shutting down" in process.stderr.read()
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_main_refuses_a_lifeline_that_is_not_open(capsys):
+    closed_fd = os.open(os.devnull, os.O_RDONLY)
+    os.close(closed_fd)
+    assert main(["--lifeline-fd", str(closed_fd)]) == 2
+    assert f"--lifeline-fd {closed_fd} is not an open file descriptor" in capsys.readouterr().err
+
+
+def test_local_server_dies_with_the_process_that_started_it():
+    """SIGKILL gives the starter no chance to stop its server: the lifeline must end it."""
+    starter = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import time
+        from ps_service.launcher import start_local_server
+        server = start_local_server(token="t")
+        print(server.pid, flush=True)
+        time.sleep(60)
+    """)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(read_line(starter))
+    finally:
+        starter.kill()
+        starter.wait()
+    try:
+        assert wait_until_gone(server_pid), "the parameter server outlived the process that started it"
+    finally:
+        if running(server_pid):
+            os.kill(server_pid, signal.SIGKILL)
 
 
 def test_main_refuses_an_empty_token_file(tmp_path, capsys):

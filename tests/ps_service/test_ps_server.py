@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from ps_service.auth import sign
 from ps_service.client import PSClient
 from ps_service.errors import PSAuthError, PSConnectionError, PSError
 from ps_service.protocol import (
@@ -173,11 +174,41 @@ def test_a_peer_that_skips_authentication_gets_a_refusal_and_no_data(secured):
         assert read_frame(sock) is None
 
 
-def test_token_never_crosses_the_wire(secured):
-    with raw_connection(secured.address) as sock:
-        sock.sendall(encode_header(Opcode.AUTH, 1, len(TOKEN)) + TOKEN.encode())
-        reply, _ = read_frame(sock)
-        assert reply.status == Status.AUTH_FAILED
+def receive_exactly(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        assert chunk, "the client closed the connection early"
+        data += chunk
+    return data
+
+
+def test_token_never_crosses_the_wire():
+    """A fake server records every byte the client sends while it authenticates."""
+    nonce = bytes(range(32))
+    captured = bytearray()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+
+        def fake_server() -> None:
+            connection, _ = listener.accept()
+            with connection:
+                connection.settimeout(10)
+                connection.sendall(encode_header(Opcode.HELLO, 0, len(nonce)) + nonce)
+                header = receive_exactly(connection, HEADER_SIZE)
+                captured.extend(header + receive_exactly(connection, decode_header(header).body_length))
+                connection.sendall(encode_header(Opcode.AUTH, decode_header(header).request_id, 0))
+                while chunk := connection.recv(65536):
+                    captured.extend(chunk)
+
+        thread = threading.Thread(target=fake_server)
+        thread.start()
+        with PSClient(f"127.0.0.1:{listener.getsockname()[1]}", token=TOKEN, timeout=10):
+            pass
+        thread.join(10)
+
+    assert sign(TOKEN, nonce) in captured  # the capture did see the client's answer
+    assert TOKEN.encode() not in captured
 
 
 def test_status_reports_updates_traffic_reports_and_tables(client, server):
@@ -273,6 +304,49 @@ def test_oversized_frame_is_refused_without_reading_its_body():
             client.create_table("big", 1000)
             with pytest.raises(PSError, match="exceeds the frame limit"):
                 client.get_table("big")
+
+
+def test_reply_over_the_clients_own_limit_says_it_is_the_clients(server, client):
+    client.create_table("big", 1000)
+    with PSClient(server.address, max_frame_bytes=1024) as small, pytest.raises(PSError) as refused:
+        small.get_table("big")
+    assert "this client's max_frame_bytes" in str(refused.value)
+    assert "server" not in str(refused.value)
+
+
+def stall_a_big_reply(address: str) -> socket.socket:
+    """A client that asks for a large table several times and never reads: the server's writes back up."""
+    with PSClient(address) as admin:
+        admin.create_table("big", 4_000_000)
+    host, port = address.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    read_frame(sock)  # HELLO
+    body = b"".join(encode_table_request("big"))
+    for request_id in range(3):
+        sock.sendall(encode_header(Opcode.GET_TABLE, request_id, len(body)) + body)
+    with PSClient(address) as observer:
+        give_up = time.monotonic() + 10
+        while observer.status()["keys_out"] < 4_000_000:
+            assert time.monotonic() < give_up, "the server never answered the stalled client's first request"
+            time.sleep(0.02)
+    return sock
+
+
+@pytest.mark.parametrize("how", ["stop_thread", "shutdown request"])
+def test_a_client_that_stops_reading_cannot_keep_the_server_running(how):
+    server = ParameterServer()
+    server.start_in_thread()
+    stalled = stall_a_big_reply(server.address)
+    try:
+        if how == "shutdown request":
+            PSClient(server.address).shutdown()
+        server.stop_thread(timeout_s=10)  # raises if the server is still waiting on the stalled client
+    finally:
+        stalled.close()
+        server.stop_thread()
+    with pytest.raises(PSConnectionError, match="cannot connect"):
+        PSClient(server.address, timeout=2)
 
 
 def test_shutdown_stops_the_server_and_flags_the_reply(server):
