@@ -55,8 +55,8 @@ def pandas_pipeline(path: Path, out: Path) -> int:
 
 
 def cirrus(path: Path, out: Path, workers: int) -> dict:
-    config = PreprocessConfig(inputs=[str(path)], output=str(out), hash_bits=HASH_BITS, workers=workers,
-                              split_bytes=1 << 40)
+    # Default 32 MB splits; ``workers`` bounds how many run at once.
+    config = PreprocessConfig(inputs=[str(path)], output=str(out), hash_bits=HASH_BITS, workers=workers)
     with LambdaReports() as reports, \
             LocalLambdaExecutor(function=FunctionConfig(concurrency=workers, memory_mb=2048)) as executor:
         started = time.perf_counter()
