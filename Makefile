@@ -25,4 +25,4 @@ bench: install
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .demo .bench build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,6 +1,7 @@
 """The cirrus-airflow command line, run as users run it."""
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +48,47 @@ def test_bad_input_exits_2_with_one_clear_line(args, message):
     out = _run(*args, check=False)
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def _serve(*args):
+    """Start a long-running subcommand; returns the process and its first stdout line."""
+    proc = subprocess.Popen([CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, proc.stdout.readline().strip()
+
+
+def _stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+
+
+def test_lambda_serve_answers_the_invoke_api():
+    import boto3
+
+    proc, line = _serve("lambda", "serve", "--port", "0", "--worker-timeout", "30")
+    try:
+        url = line.rsplit(" ", 1)[-1]
+        assert line.startswith("serving function 'cirrus-worker' on http://127.0.0.1:")
+        client = boto3.client("lambda", endpoint_url=url, region_name="us-east-1",
+                              aws_access_key_id="x", aws_secret_access_key="x")
+        reply = client.invoke(FunctionName="cirrus-worker", Payload=json.dumps({"task": "nope"}))
+        assert reply["FunctionError"] == "Unhandled"
+        assert "unknown task 'nope'" in json.loads(reply["Payload"].read())["errorMessage"]
+    finally:
+        _stop(proc)
+
+
+def test_ps_serve_listens_with_a_token(tmp_path):
+    from ps_service.client import PSClient
+    from ps_service.errors import PSAuthError
+
+    (tmp_path / "token").write_text("s3cret\n")
+    proc, line = _serve("ps", "serve", "--port", "0", "--token-file", str(tmp_path / "token"))
+    try:
+        assert line.startswith("listening on 127.0.0.1:")
+        address = line.split()[-1]
+        with PSClient(address, token="s3cret") as client:
+            assert client.status()["tables"] == {}
+        with pytest.raises(PSAuthError):
+            PSClient(address, token="wrong").status()
+    finally:
+        _stop(proc)
