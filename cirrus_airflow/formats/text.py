@@ -1,4 +1,4 @@
-"""Line-oriented text input: byte-range splits aligned on lines, and lines as Arrow arrays.
+"""Line-oriented text input: byte-range splits aligned on lines, and the byte spans of fields.
 
 A large text file is cut into byte ranges so that many workers share it. The rule
 that makes the ranges exact is the Hadoop one: a split owns every line whose first
