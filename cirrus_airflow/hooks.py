@@ -17,10 +17,16 @@ from airflow.providers.amazon.aws.hooks.lambda_function import LambdaHook
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.sdk import BaseHook, conf
 
-from cirrus_airflow.executor import ExecutorSettings, ServerlessExecutor
+from cirrus_airflow.executor import ExecutorSettings, ServerlessExecutor, default_executor_kind
 from cirrus_airflow.storage import Storage
 
 log = logging.getLogger(__name__)
+
+
+def configured_executor_kind() -> str:
+    """``[cirrus] executor`` from Airflow's configuration (file or environment), else
+    what the CLI would use."""
+    return conf.get("cirrus", "executor", fallback=default_executor_kind())
 
 
 class CirrusHook(BaseHook):
@@ -39,7 +45,7 @@ class CirrusHook(BaseHook):
     def __init__(self, *, aws_conn_id: str | None = "aws_default", settings: ExecutorSettings | None = None) -> None:
         super().__init__()
         self.aws_conn_id = aws_conn_id
-        self.settings = settings or ExecutorSettings(kind=conf.get("cirrus", "executor", fallback="local"))
+        self.settings = settings or ExecutorSettings(kind=configured_executor_kind())
 
     def get_storage(self) -> Storage:
         return Storage(s3_client_factory=lambda: S3Hook(aws_conn_id=self.aws_conn_id).get_conn())

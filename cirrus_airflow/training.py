@@ -107,6 +107,12 @@ class TrainingJob:
         progress: Callable[[dict], None] | None = None,
     ) -> None:
         config.validate()
+        time_limit = getattr(executor, "time_limit_s", None)
+        if time_limit is not None and config.handover_margin_s >= time_limit:
+            raise ValueError(
+                f"handover_margin_s={config.handover_margin_s} must be less than the workers' time limit "
+                f"({time_limit:g} s): a worker hands over to a fresh invocation that long before its limit"
+            )
         if config.workers > executor.max_concurrency:
             raise ValueError(
                 f"workers={config.workers} exceeds the executor's max_concurrency={executor.max_concurrency}: "

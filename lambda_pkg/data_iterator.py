@@ -62,8 +62,10 @@ def epoch_order(units: list[tuple[str, int]], seed: int, worker: int, epoch: int
     for unit in units:
         by_shard.setdefault(unit[0], []).append(unit)
     shards = list(by_shard.values())
-    return [shard[i] for s in rng.permutation(len(shards)) for shard in [shards[s]]
-            for i in rng.permutation(len(shard))]
+    order: list[tuple[str, int]] = []
+    for s in rng.permutation(len(shards)):
+        order.extend(shards[s][i] for i in rng.permutation(len(shards[s])))
+    return order
 
 
 def minibatches(

@@ -6,10 +6,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from airflow.sdk import BaseOperator, conf
+from airflow.sdk import BaseOperator
 
 from cirrus_airflow.executor import ExecutorSettings
-from cirrus_airflow.hooks import CirrusHook
+from cirrus_airflow.hooks import CirrusHook, configured_executor_kind
 from cirrus_airflow.links import CirrusOutputLink
 
 
@@ -56,7 +56,7 @@ class CirrusBaseOperator(BaseOperator):
 
     @property
     def hook(self) -> CirrusHook:
-        kind = self.serverless_executor or conf.get("cirrus", "executor", fallback="local")
+        kind = self.serverless_executor or configured_executor_kind()
         return CirrusHook(aws_conn_id=self.aws_conn_id, settings=self._settings(kind))
 
     def _cancellable(self, cancel: Callable[[], None] | None) -> None:

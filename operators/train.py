@@ -58,11 +58,6 @@ class CirrusTrainOperator(CirrusBaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if handover_margin_s >= self.worker_timeout_s:
-            raise ValueError(
-                f"handover_margin_s={handover_margin_s} must be less than worker_timeout_s={self.worker_timeout_s}: "
-                "a worker hands over to a fresh invocation that long before its time limit"
-            )
         self.data_uri = data_uri
         self.output_uri = output_uri
         self.model = model

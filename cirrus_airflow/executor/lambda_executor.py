@@ -66,12 +66,14 @@ class LambdaExecutor(ServerlessExecutor):
     raised as ``InvocationThrottledError``) and those whose connection could not be opened
     (``EndpointConnectionError``, ``ConnectTimeoutError``). A read timeout is never retried:
     the first attempt may still be running. Running invocations cannot be stopped on AWS:
-    ``cancel()`` only cancels what has not been sent.
+    ``cancel()`` only cancels what has not been sent. ``time_limit_s`` is the function's
+    timeout when the caller knows it (work that hands over before it checks against it).
     """
 
     def __init__(self, client: Any, function_name: str, *, qualifier: str | None = None,
                  max_concurrency: int = 8, max_retries: int = 8,
-                 backoff_base_s: float = 0.1, backoff_max_s: float = 20.0) -> None:
+                 backoff_base_s: float = 0.1, backoff_max_s: float = 20.0,
+                 time_limit_s: float | None = None) -> None:
         super().__init__(max_concurrency=max_concurrency)
         if not function_name:
             raise ValueError("function_name must name the Lambda function to invoke")
@@ -86,6 +88,7 @@ class LambdaExecutor(ServerlessExecutor):
         self.max_retries = max_retries
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
+        self.time_limit_s = time_limit_s
         self._client = client
         if client is not None:
             _warn_if_client_retries(client, function_name)

@@ -41,7 +41,8 @@ class LocalLambdaExecutor(LambdaExecutor):
     def __init__(self, *, function_name: str = "cirrus-worker", function: FunctionConfig | None = None,
                  max_concurrency: int | None = None) -> None:
         self.function = function or FunctionConfig()
-        super().__init__(None, function_name, max_concurrency=max_concurrency or self.function.concurrency)
+        super().__init__(None, function_name, max_concurrency=max_concurrency or self.function.concurrency,
+                         time_limit_s=self.function.timeout_s)
         self._runtime: LocalLambdaRuntime | None = None
         self._start_lock = threading.Lock()
 

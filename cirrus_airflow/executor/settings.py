@@ -61,7 +61,8 @@ class ExecutorSettings:
                 client = boto3.client("lambda", config=config)
             else:
                 client = lambda_client(config)
-            return LambdaExecutor(client, self.function_name, max_concurrency=self.concurrency)
+            return LambdaExecutor(client, self.function_name, max_concurrency=self.concurrency,
+                                  time_limit_s=self.timeout_s)
         return LocalLambdaExecutor(function_name=self.function_name,
                                    function=self.function(local_environment or {}),
                                    max_concurrency=self.concurrency)

@@ -145,6 +145,12 @@ def test_runs_on_a_shared_server_get_tables_of_their_own(shards, tmp_path, inlin
         assert abs(second["test_auc"] - first["test_auc"]) < 0.02
 
 
+def test_a_handover_margin_beyond_the_time_limit_is_refused(shards, tmp_path):
+    data, _ = shards
+    with _executor(timeout_s=5) as executor, pytest.raises(ValueError, match=r"less than the workers' time limit \(5 s\)"):
+        TrainingJob(TrainConfig(data=str(data), output=str(tmp_path / "run")), storage=Storage(), executor=executor)
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("optimizer", "rmsprop", "optimizer must be one of"),
     ("workers", 0, "workers must be at least 1"),
