@@ -24,6 +24,8 @@ from cirrus_airflow.preprocess import FORMATS, PreprocessConfig, PreprocessError
 from cirrus_airflow.report import format_table
 from cirrus_airflow.storage import Storage, StorageError, join
 from cirrus_airflow.training import OPTIMIZERS, TrainConfig, TrainingError, TrainingJob
+from ps_service.serve import build_parser as ps_parser
+from ps_service.serve import run as ps_run
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -93,6 +95,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         learning_rate=args.learning_rate, optimizer=args.optimizer, l2=args.l2, minibatch=args.minibatch,
         epochs=args.epochs, time_budget_s=args.time_budget, seed=args.seed,
         handover_margin_s=args.handover_margin, ps_address=args.ps_address, ps_token=token,
+        ps_shards=args.ps_shards,
     )
 
 
@@ -158,12 +161,9 @@ def cmd_report(args: argparse.Namespace, progress: _Progress) -> dict:
 
 
 def cmd_ps_serve(args: argparse.Namespace, progress: _Progress) -> None:
-    from ps_service.__main__ import main as ps_main
-
-    forwarded = ["--host", args.host, "--port", str(args.port)]
-    if args.token_file:
-        forwarded += ["--token-file", args.token_file]
-    ps_main(forwarded)
+    code = ps_run(args)
+    if code:
+        raise SystemExit(code)
 
 
 def cmd_lambda_serve(args: argparse.Namespace, progress: _Progress) -> None:
@@ -225,7 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--handover-margin", type=float, default=10.0, metavar="S",
                    help="hand over to a fresh invocation this long before the worker's time limit")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ps-address", default=None, metavar="HOST:PORT", help="use this parameter server")
+    p.add_argument("--ps-address", default=None, metavar="HOST:PORT[,HOST:PORT...]",
+                   help="use this parameter server (a sharded group: its addresses, comma-separated)")
+    p.add_argument("--ps-shards", type=int, default=1, metavar="N",
+                   help="without --ps-address, start a parameter server of N processes")
     p.add_argument("--ps-token-file", default=None, metavar="F", help="file holding that server's token")
     _add_executor_args(p)
 
@@ -247,11 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="URI", help="the training output folder")
 
     ps = sub.add_parser("ps", help="the parameter server").add_subparsers(dest="ps_command", required=True)
-    p = ps.add_parser("serve", help="run a parameter server in the foreground")
+    p = ps.add_parser("serve", help="run a parameter server (or a sharded group) in the foreground",
+                      parents=[ps_parser(add_help=False)])
     p.set_defaults(func=cmd_ps_serve, json=False)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    p.add_argument("--token-file", default=None, metavar="F", help="clients must prove they know this token")
 
     lam = sub.add_parser("lambda", help="the embedded Lambda runtime").add_subparsers(dest="lambda_command", required=True)
     p = lam.add_parser("serve", help="serve the Lambda Invoke API on loopback for the worker bundle")

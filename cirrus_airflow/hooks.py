@@ -95,10 +95,19 @@ class ParameterServerHook(BaseHook):
         self.ps_conn_id = ps_conn_id
 
     def get_conn(self) -> tuple[str, str | None]:
-        """The server's ``host:port`` and its token."""
+        """The server's ``host:port`` (or a sharded group's addresses) and its token.
+
+        A group is given by listing every shard's ``host:port`` in the host field, comma
+        separated in the order the group printed them; the port field is then unused.
+        """
         conn = self.get_connection(self.ps_conn_id)
+        if conn.host and "," in conn.host:
+            return conn.host.replace(" ", ""), conn.password or None
         if not conn.host or not conn.port:
-            raise ValueError(f"connection {self.ps_conn_id!r} must set host and port of the parameter server")
+            raise ValueError(
+                f"connection {self.ps_conn_id!r} must set host and port of the parameter server, or list a "
+                "sharded group's host:port addresses, comma-separated, in the host field"
+            )
         return f"{conn.host}:{conn.port}", conn.password or None
 
     def test_connection(self) -> tuple[bool, str]:

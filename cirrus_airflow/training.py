@@ -30,11 +30,12 @@ from cirrus_airflow.shards import Manifest, read_manifest
 from cirrus_airflow.storage import Storage, join, normalize
 from ps_service.client import PSClient
 from ps_service.launcher import start_local_server
+from ps_service.optimizers import OPTIMIZERS as SERVER_OPTIMIZERS
 
 log = logging.getLogger(__name__)
 
 MODELS = ("lr",)
-OPTIMIZERS = ("sgd", "adagrad")
+OPTIMIZERS = tuple(sorted(SERVER_OPTIMIZERS))
 # Weights are fetched from the server in chunks of this many keys (frames stay small).
 _FETCH_KEYS = 1 << 22
 
@@ -60,6 +61,7 @@ class TrainConfig:
     seed: int = 0
     ps_address: str | None = None
     ps_token: str | None = None
+    ps_shards: int = 1
     report_every: int = 20
     poll_interval_s: float = 1.0
     handover_margin_s: float = 10.0
@@ -71,6 +73,8 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.ps_shards < 1:
+            raise ValueError(f"ps_shards must be at least 1, got {self.ps_shards}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate}")
         if self.l2 < 0:
@@ -208,8 +212,8 @@ class TrainingJob:
             yield self.config.ps_address, self.config.ps_token
             return
         token = secrets.token_urlsafe(24)
-        with start_local_server(token=token) as server:
-            log.info("started a parameter server at %s (pid %d)", server.address, server.pid)
+        with start_local_server(token=token, shards=self.config.ps_shards) as server:
+            log.info("started a parameter server at %s (pids %s)", server.address, server.pids)
             yield server.address, token
 
     def _train(self, client: PSClient, base_event: dict, shares: list[list], started: float) -> dict:
@@ -258,6 +262,9 @@ class TrainingJob:
                     launch(inv.worker, inv.generation + 1, result["resume"])
                 elif result["status"] == "deadline":
                     stopped_by = "time_budget"
+                elif result["status"] == "rejected":
+                    log.warning("worker %d generation %d was refused by the parameter server (%s); "
+                                "another invocation holds its work", inv.worker, inv.generation, result["reason"])
                 elif result["status"] == "stopped" and stopped_by == "epochs":
                     stopped_by = "stopped"
             curve.append(self._poll(client, started))

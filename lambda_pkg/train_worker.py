@@ -7,6 +7,11 @@ resumes there: Lambda's 15-minute limit never cuts a worker off mid-step.
 
 The loop keeps one round trip per minibatch: the gradient of minibatch t and the
 pull of minibatch t+1's weights travel together (``push_pull``).
+
+Before any work the invocation registers ``(run, worker, generation)`` with the server.
+Lambda may deliver an invocation twice (a retried invoke, an at-least-once async
+event); the server refuses the second registration of a live or finished generation,
+and this invocation then returns ``rejected`` without touching the model.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from cirrus_airflow.models.logistic import Minibatch
 from cirrus_airflow.storage import Storage
 from lambda_pkg.data_iterator import Position, minibatches
 from ps_service.client import PSClient
+from ps_service.errors import PSAuthError, PSConnectionError, PSError
 
 
 def worker_task(event: dict, context: Any) -> dict:
@@ -32,6 +38,7 @@ def worker_task(event: dict, context: Any) -> dict:
     deadline = event.get("deadline")
     report_every = max(1, int(event.get("report_every", 20)))
     worker = int(event["worker_id"])
+    generation = int(event.get("generation", 0))
     start = Position.from_json(event.get("resume"))
 
     stats = {"examples": 0, "updates": 0, "loss_sum": 0.0}
@@ -42,6 +49,14 @@ def worker_task(event: dict, context: Any) -> dict:
         seed=int(event.get("seed", 0)), worker=worker, start=start,
     )
     with PSClient(event["ps"]["address"], token=event["ps"].get("token")) as ps:
+        try:
+            ps.register(table, worker, generation)
+        except (PSConnectionError, PSAuthError):
+            raise
+        except PSError as refusal:
+            batches.close()
+            return {"worker_id": worker, "generation": generation, "status": "rejected", "reason": str(refusal),
+                    "resume": None, "examples": 0, "updates": 0, "train_loss": 0.0}
         item = next(batches, None)
         if item is not None:
             following, rows = item
@@ -73,9 +88,10 @@ def worker_task(event: dict, context: Any) -> dict:
             if item is not None:
                 following, batch = item[0], next_batch
         batches.close()
+        ps.deregister("handover" if status == "handover" else "finished")
     return {
         "worker_id": worker,
-        "generation": int(event.get("generation", 0)),
+        "generation": generation,
         "status": status,
         "resume": resume if status == "handover" else None,
         "examples": stats["examples"],

@@ -24,14 +24,18 @@ class CirrusTrainOperator(CirrusBaseOperator):
     :param model: ``lr`` (sparse logistic regression).
     :param workers: number of concurrent workers (W).
     :param learning_rate: step size of the server-side optimizer.
-    :param optimizer: ``adagrad`` or ``sgd``.
+    :param optimizer: the server-side update rule: ``sgd``, ``momentum``, ``nesterov``,
+        ``adagrad`` or ``adam``.
     :param l2: L2 regularisation strength, applied on the server.
     :param minibatch: rows per gradient step.
     :param epochs: passes over the training rows.
     :param time_budget_s: stop after this many seconds whatever the epochs.
     :param handover_margin_s: a worker hands over to a fresh invocation this long
         before its Lambda time limit (must exceed one step and one shard read).
-    :param ps_conn_id: a ``cirrus_parameter_server`` connection to use an existing server.
+    :param ps_conn_id: a ``cirrus_parameter_server`` connection to use an existing server
+        (its host may list a sharded group's addresses, comma-separated).
+    :param ps_shards: without ``ps_conn_id``, start a parameter server of this many
+        processes, keys spread over them.
 
     Returns (XCom) the summary: test log loss, AUC and accuracy, examples per second,
     worker-seconds and the model URI.
@@ -55,6 +59,7 @@ class CirrusTrainOperator(CirrusBaseOperator):
         seed: int = 0,
         handover_margin_s: float = 10.0,
         ps_conn_id: str | None = None,
+        ps_shards: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -71,6 +76,7 @@ class CirrusTrainOperator(CirrusBaseOperator):
         self.seed = seed
         self.handover_margin_s = handover_margin_s
         self.ps_conn_id = ps_conn_id
+        self.ps_shards = ps_shards
         self._config().validate()
 
     def _config(self, ps_address: str | None = None, ps_token: str | None = None) -> TrainConfig:
@@ -79,6 +85,7 @@ class CirrusTrainOperator(CirrusBaseOperator):
             learning_rate=self.learning_rate, optimizer=self.optimizer, l2=self.l2, minibatch=self.minibatch,
             epochs=self.epochs, time_budget_s=self.time_budget_s, seed=self.seed,
             handover_margin_s=self.handover_margin_s, ps_address=ps_address, ps_token=ps_token,
+            ps_shards=self.ps_shards,
         )
 
     def execute(self, context: Any) -> dict:

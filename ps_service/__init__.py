@@ -4,11 +4,14 @@ Workers (Lambda invocations) pull the weights their minibatch needs, push sparse
 gradients, and the server applies the optimizer. Deployed on its own (a VM), so it
 imports only numpy and the standard library.
 
-Modules: ``protocol`` (wire format), ``auth`` (challenge-response), ``optimizers``,
-``tables`` and ``store`` (what a server holds), ``server`` (asyncio TCP server),
-``connection`` and ``client`` (``PSClient``), ``launcher`` (``start_local_server``),
-``__main__`` (``python -m ps_service [--host H] [--port P] [--token-file F]
-[--lifeline-fd N]``).
+Modules: ``protocol`` (wire format), ``auth`` (challenge-response), ``optimizers``
+(SGD, momentum, Nesterov, Adagrad, Adam, learning-rate schedules), ``tables`` and
+``store`` (what a server holds), ``workers`` (registration of workers, heartbeats),
+``checkpoint`` (atomic snapshots to a path or ``s3://``), ``server`` (asyncio TCP
+server), ``sharding`` (keys over a group of servers), ``connection`` and ``client``
+(``PSClient``), ``launcher`` (``start_local_server``), ``serve`` (``python -m
+ps_service`` / ``cirrus-airflow ps serve``: ``--shards N``, ``--checkpoint-uri``,
+``--restore``, ``--tls-cert``/``--tls-key``, ``--token-file``, ...).
 
 Wire format (protocol version 1; all integers little-endian)
 -------------------------------------------------------------
@@ -30,7 +33,8 @@ offset bytes field
 ====== ===== ================================================================
 
 Opcodes: 1 HELLO, 2 AUTH, 16 CREATE_TABLE, 17 PULL, 18 PUSH, 19 PUSH_PULL,
-20 GET_TABLE, 21 SET_TABLE, 32 REPORT, 33 STATUS, 34 STOP, 35 SHUTDOWN.
+20 GET_TABLE, 21 SET_TABLE, 32 REPORT, 33 STATUS, 34 STOP, 35 SHUTDOWN,
+36 REGISTER, 37 HEARTBEAT, 38 DEREGISTER.
 
 Handshake: on connect the server sends HELLO whose body is empty (no token needed)
 or a 32-byte nonce; the client answers AUTH with HMAC-SHA256(token, nonce) (32
@@ -44,6 +48,13 @@ uint32 rows, uint32 width, uint32 next_count``, then the UTF-8 table name, keys
 array is aligned and can be viewed in place. PULL sends keys; PUSH keys and values;
 PUSH_PULL all three; GET_TABLE only the name; SET_TABLE the name and values.
 Array replies (PULL, PUSH_PULL, GET_TABLE): ``uint32 rows, uint32 width`` then
-``rows x width`` float32. Control operations (CREATE_TABLE, REPORT, STATUS, STOP)
-carry small JSON objects; replies with nothing to return have an empty body.
+``rows x width`` float32. Control operations (CREATE_TABLE, REPORT, STATUS, STOP,
+REGISTER, DEREGISTER) carry small JSON objects; replies with nothing to return have
+an empty body. A frame whose header is broken is answered once with an error and the
+connection is closed (the stream cannot be resynchronised); a well-framed request
+the server refuses gets an error reply and the connection stays usable.
+
+With TLS (``--tls-cert``/``--tls-key``), the same frames travel inside a TLS session.
+A sharded group is N servers, each holding keys ``k % N == i`` as local rows ``k // N``;
+the group has no coordinator: clients cut each request by shard themselves.
 """

@@ -3,52 +3,91 @@
 Keys are integer arrays: int32 (or narrower) arrays travel as int32, anything wider as
 int64, so shard indices (int32) cost four bytes a key on the wire. Values are float32
 of shape (len(keys), width); a 1-D array is taken as width 1.
+
+The same client talks to one server or to a sharded group (``"h:p1,h:p2"``, see
+:mod:`ps_service.sharding`): each request is cut by shard, every shard is sent its part
+before any reply is awaited, so the shards work on it at the same time, and the replies
+are put back in the caller's key order. Pushes reach every shard, even one that owns
+none of the keys, so all shards count the same updates and learning-rate schedules and
+Adam's bias correction stay identical to a single server's.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import ssl
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ps_service.connection import Connection
+from ps_service.errors import PSError
 from ps_service.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
+    Buffer,
     Opcode,
     decode_array,
     decode_json,
     encode_json,
     encode_table_request,
 )
+from ps_service.sharding import Split, group_addresses, split_keys
+from ps_service.validation import check_keys, check_values, check_width
+
+T = TypeVar("T")
+_TRAFFIC_FIELDS = ("requests", "errors", "bad_frames", "auth_failures", "bytes_in", "bytes_out",
+                   "keys_in", "keys_out", "clients")
+
+
+def _no_reply(body: memoryview) -> None:
+    return None
 
 
 class PSClient:
-    """One connection to a parameter server; every reply updates :attr:`stop_requested`.
+    """One connection to each server of a group; every reply updates :attr:`stop_requested`.
 
     Raises :class:`~ps_service.errors.PSError` with the server's message when a request
     is refused, :class:`~ps_service.errors.PSAuthError` when the token is missing or
     wrong, and :class:`~ps_service.errors.PSConnectionError` when the server cannot be
-    reached or the connection breaks.
+    reached or the connection breaks. ``tls`` is an ``ssl.SSLContext``, the path of a
+    CA file that signed the server's certificate, or True for the system's CAs.
     """
 
     def __init__(
         self,
-        address: str | tuple[str, int],
+        address: str | tuple[str, int] | Sequence[str],
         token: str | None = None,
         *,
         timeout: float = 30.0,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        tls: ssl.SSLContext | str | bool | None = None,
     ) -> None:
-        self._connection = Connection(address, token, timeout=timeout, max_frame_bytes=max_frame_bytes)
+        context = tls_context(tls)
+        self._connections: list[Connection] = []
+        try:
+            for shard_address in group_addresses(address):
+                self._connections.append(Connection(
+                    shard_address, token, timeout=timeout, max_frame_bytes=max_frame_bytes, tls=context
+                ))
+        except BaseException:
+            self.close()
+            raise
+        self._shards = len(self._connections)
+        self._shapes: dict[str, tuple[int, int]] = {}
 
     @property
     def address(self) -> str:
-        return self._connection.address
+        return ",".join(connection.address for connection in self._connections)
+
+    @property
+    def shards(self) -> int:
+        return self._shards
 
     @property
     def stop_requested(self) -> bool:
         """True once a reply carried the stop bit: the server or this request's table was stopped."""
-        return self._connection.stop_requested
+        return any(connection.stop_requested for connection in self._connections)
 
     def create_table(
         self,
@@ -61,69 +100,223 @@ class PSClient:
     ) -> dict[str, Any]:
         """Create ``name`` or confirm an identical one exists; returns ``{"created", "spec"}``.
 
-        ``options`` are the optimizer's (``l2``, ``initial_accumulator``, ``eps``) and the
-        initialiser's (``initializer="zeros"|"normal"``, ``init_scale``, ``seed``).
+        ``optimizer`` is ``sgd``, ``adagrad``, ``momentum``, ``nesterov`` or ``adam``. ``options``
+        are the optimizer's and its schedule's (see :mod:`ps_service.optimizers`): for all,
+        ``l2``, ``schedule="constant"|"inverse_sqrt"|"step"``, ``decay_steps``, ``decay_rate``;
+        adagrad ``initial_accumulator``, ``eps``; momentum and nesterov ``momentum``; adam
+        ``beta1``, ``beta2``, ``eps``. The initialiser's options are ``initializer="zeros"|"normal"``,
+        ``init_scale`` and ``seed``.
         """
         request = {"name": name, "size": size, "width": width, "optimizer": optimizer,
                    "learning_rate": learning_rate, **options}
-        return self._connection.request(Opcode.CREATE_TABLE, [encode_json(request)], decode_json)
+        parts = [[encode_json({**request, "shard": shard, "shards": self._shards})]
+                 for shard in range(self._shards)]
+        reply = self._scatter(Opcode.CREATE_TABLE, parts, decode_json)[0]
+        self._shapes[name] = (int(reply["spec"]["size"]), int(reply["spec"]["width"]))
+        return reply
 
     def pull(self, name: str, keys: Any) -> np.ndarray:
         """The current weights of ``keys``, shape (len(keys), width), float32."""
-        parts = encode_table_request(name, keys=as_keys(keys))
-        return self._connection.request(Opcode.PULL, parts, decode_array)
+        key_array = as_keys(keys)
+        if self._shards == 1:
+            return self._one(Opcode.PULL, encode_table_request(name, keys=key_array), decode_array)
+        split = split_keys(key_array, self._shards)
+        parts = [encode_table_request(name, keys=local) for local in split.local_keys]
+        return self._gathered(split, self._scatter(Opcode.PULL, parts, decode_array))
 
     def push(self, name: str, keys: Any, grads: Any) -> None:
         """Send gradients; rows of repeated keys are summed before the optimizer step."""
         key_array = as_keys(keys)
-        parts = encode_table_request(name, keys=key_array, values=as_values(name, grads, len(key_array)))
-        self._connection.request(Opcode.PUSH, parts)
+        values = as_values(name, grads, len(key_array))
+        if self._shards == 1:
+            self._one(Opcode.PUSH, encode_table_request(name, keys=key_array, values=values))
+            return
+        self._check_group_push(name, key_array, values)
+        split = split_keys(key_array, self._shards)
+        parts = [encode_table_request(name, keys=local, values=rows)
+                 for local, rows in zip(split.local_keys, split.rows(values))]
+        self._scatter(Opcode.PUSH, parts)
 
     def push_pull(self, name: str, keys: Any, grads: Any, next_keys: Any) -> np.ndarray:
         """Push this minibatch's gradients and pull the next one's weights in one round trip."""
         key_array, next_array = same_key_dtype(as_keys(keys), as_keys(next_keys))
-        parts = encode_table_request(
-            name, keys=key_array, values=as_values(name, grads, len(key_array)), next_keys=next_array
-        )
-        return self._connection.request(Opcode.PUSH_PULL, parts, decode_array)
+        values = as_values(name, grads, len(key_array))
+        if self._shards == 1:
+            parts = encode_table_request(name, keys=key_array, values=values, next_keys=next_array)
+            return self._one(Opcode.PUSH_PULL, parts, decode_array)
+        self._check_group_push(name, key_array, values, next_array)
+        pushed, pulled = split_keys(key_array, self._shards), split_keys(next_array, self._shards)
+        requests = [encode_table_request(name, keys=local, values=rows, next_keys=wanted)
+                    for local, rows, wanted in zip(pushed.local_keys, pushed.rows(values), pulled.local_keys)]
+        return self._gathered(pulled, self._scatter(Opcode.PUSH_PULL, requests, decode_array))
 
     def get_table(self, name: str) -> np.ndarray:
         """Every row of the table, shape (size, width): for evaluation and export."""
-        return self._connection.request(Opcode.GET_TABLE, encode_table_request(name), decode_array)
+        parts = self._scatter(Opcode.GET_TABLE, [encode_table_request(name)] * self._shards, decode_array)
+        if self._shards == 1:
+            return parts[0]
+        table = np.empty((sum(len(part) for part in parts), parts[0].shape[1]), dtype=np.float32)
+        for shard, part in enumerate(parts):
+            table[shard::self._shards] = part
+        return table
 
     def set_table(self, name: str, values: Any) -> None:
         """Overwrite every row (warm start); ``values`` must have the table's shape."""
-        array = np.asarray(values, dtype=np.float32)
-        parts = encode_table_request(name, values=as_values(name, array, len(array)))
-        self._connection.request(Opcode.SET_TABLE, parts)
+        array = as_values(name, np.asarray(values, dtype=np.float32), len(values))
+        if self._shards > 1:
+            self._check_group_set(name, array)
+        parts = [encode_table_request(name, values=np.ascontiguousarray(array[shard::self._shards]))
+                 for shard in range(self._shards)]
+        self._scatter(Opcode.SET_TABLE, parts)
 
     def report(self, name: str, metric: str, value: float, count: int = 1, worker: str | int | None = None) -> None:
-        """Record a metric (e.g. ``train_loss`` averaged over ``count`` examples) for table ``name``."""
+        """Record a metric (e.g. ``train_loss`` averaged over ``count`` examples) for table ``name``.
+
+        Reports go to the first shard only: they are a time series, not model state.
+        """
         request = {"table": name, "name": metric, "value": float(value), "count": int(count), "worker": worker}
-        self._connection.request(Opcode.REPORT, [encode_json(request)])
+        self._connections[0].request(Opcode.REPORT, [encode_json(request)])
+
+    def register(self, run: str, worker: str | int, generation: int = 0) -> dict[str, Any]:
+        """Claim ``worker``'s slot in ``run`` for this connection before doing any work.
+
+        Refused (:class:`~ps_service.errors.PSError`) when the same generation is still
+        alive or has finished, or a newer one holds the slot: a retried or duplicated
+        Lambda invocation then exits instead of training twice. A worker that hands
+        over to a fresh invocation passes ``generation + 1`` to its successor.
+        """
+        request = [encode_json({"run": run, "worker": worker, "generation": generation})]
+        return self._scatter(Opcode.REGISTER, [request] * self._shards, decode_json)[0]
+
+    def heartbeat(self) -> None:
+        """Tell the server this worker is alive while it does no requests (e.g. loading a shard)."""
+        self._scatter(Opcode.HEARTBEAT, [[]] * self._shards)
+
+    def deregister(self, reason: str = "finished") -> None:
+        """Release the slot: ``finished`` marks the generation's work done, so a retry is refused;
+        ``handover`` leaves the slot to the next generation."""
+        request = [encode_json({"reason": reason})]
+        self._scatter(Opcode.DEREGISTER, [request] * self._shards)
 
     def status(self) -> dict[str, Any]:
-        return self._connection.request(Opcode.STATUS, [], decode_json)
+        """Counters, tables, registered workers and reports; a group's traffic is summed."""
+        documents = self._scatter(Opcode.STATUS, [[]] * self._shards, decode_json)
+        if self._shards == 1:
+            return documents[0]
+        merged = {**documents[0], "address": self.address, "shards": documents}
+        for field in _TRAFFIC_FIELDS:
+            merged[field] = sum(document.get(field, 0) for document in documents)
+        merged["stop"] = any(document["stop"] for document in documents)
+        return merged
 
     def stop(self, table: str | None = None) -> None:
         """Set the stop flag of one table, or of the whole server when ``table`` is None."""
-        self._connection.request(Opcode.STOP, [encode_json({"table": table})])
+        self._scatter(Opcode.STOP, [[encode_json({"table": table})]] * self._shards)
 
     def shutdown(self) -> None:
-        """Stop every worker and end the server process; this client is closed afterwards."""
+        """Stop every worker and end the server processes; this client is closed afterwards."""
         try:
-            self._connection.request(Opcode.SHUTDOWN, [])
+            self._scatter(Opcode.SHUTDOWN, [[]] * self._shards)
         finally:
             self.close()
 
     def close(self) -> None:
-        self._connection.close()
+        for connection in self._connections:
+            connection.close()
 
     def __enter__(self) -> PSClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def _one(self, opcode: int, parts: list[Buffer], decode: Callable[[memoryview], T] = _no_reply) -> T:
+        return self._connections[0].request(opcode, parts, decode)
+
+    def _scatter(self, opcode: int, requests: Sequence[Sequence[Buffer]],
+                 decode: Callable[[memoryview], T] = _no_reply) -> list[T]:
+        """Send every shard its request, then collect every reply, even after an error.
+
+        Each connection must read the reply to each request it sent, or its stream would
+        fall out of step; so a refusal from one shard is raised only once all are read.
+        """
+        if self._shards == 1:
+            return [self._connections[0].request(opcode, requests[0], decode)]
+        results: list[T] = []
+        failure: BaseException | None = None
+        with ExitStack() as locks:
+            for connection in self._connections:
+                locks.enter_context(connection.lock)
+            sent = []
+            for connection, parts in zip(self._connections, requests):
+                try:
+                    connection.begin(opcode, parts)
+                except Exception as error:
+                    failure = error
+                    break
+                sent.append(connection)
+            for connection in sent:
+                try:
+                    results.append(connection.finish(opcode, decode))
+                except Exception as error:
+                    failure = failure or error
+        if failure is not None:
+            raise failure
+        return results
+
+    def _check_group_push(self, name: str, keys: np.ndarray, values: np.ndarray,
+                          next_keys: np.ndarray | None = None) -> None:
+        """Refuse here what a shard would refuse, before any shard applies its part.
+
+        A group cannot take back a push that the other shards already applied, and a push
+        one shard refused while the others counted it would put the shards' step counts
+        (schedules, Adam's bias correction) out of step for good. Checked only for tables
+        whose shape is known; a table no shard has is refused by all of them alike.
+        """
+        shape = self._table_shape(name)
+        if shape is None:
+            return
+        size, width = shape
+        check_width(name, width, keys, values)
+        check_keys(name, keys, size, size)
+        check_values(name, keys, values, "push")
+        if next_keys is not None:
+            check_keys(name, next_keys, size, size)
+
+    def _check_group_set(self, name: str, values: np.ndarray) -> None:
+        """set_table's checks, for the same reason: a wrong row count or a NaN is refused by some shards only."""
+        shape = self._table_shape(name)
+        if shape is None:
+            return
+        if values.shape != shape:
+            raise PSError(f"table {name!r} has shape {shape}; set_table sent {values.shape}")
+        check_values(name, np.arange(len(values)), values, "set_table")
+
+    def _table_shape(self, name: str) -> tuple[int, int] | None:
+        """The table's global (size, width), from create_table or, once per table, the first shard's status."""
+        if name not in self._shapes:
+            tables = self._connections[0].request(Opcode.STATUS, [], decode_json)["tables"]
+            self._shapes.update({table: (int(document["spec"]["size"]), int(document["spec"]["width"]))
+                                 for table, document in tables.items()})
+        return self._shapes.get(name)
+
+    @staticmethod
+    def _gathered(split: Split, parts: list[np.ndarray]) -> np.ndarray:
+        return split.gather(parts, max(part.shape[1] for part in parts))
+
+
+def tls_context(tls: ssl.SSLContext | str | bool | None) -> ssl.SSLContext | None:
+    """A client context: given as is, trusting one CA file, or the system's CAs for True."""
+    if tls is None or tls is False:
+        return None
+    if isinstance(tls, ssl.SSLContext):
+        return tls
+    if tls is True:
+        return ssl.create_default_context()
+    try:
+        return ssl.create_default_context(cafile=tls)
+    except (OSError, ssl.SSLError) as error:
+        raise ValueError(f"cannot load the CA file {tls!r} for TLS: {error}") from error
 
 
 def as_keys(keys: Any) -> np.ndarray:

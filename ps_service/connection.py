@@ -9,8 +9,10 @@ the per-request cost to two system calls in the common case.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TypeVar
 
 from ps_service.addresses import format_address, parse_address
@@ -54,8 +56,10 @@ class Connection:
         *,
         timeout: float = 30.0,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._host, self._port = parse_address(address)
+        self._tls = tls
         self.address = format_address(self._host, self._port)
         self.stop_requested = False
         self._timeout = timeout
@@ -73,28 +77,52 @@ class Connection:
 
     def request(self, opcode: int, parts: Sequence[Buffer], decode: Callable[[memoryview], T] = _no_body) -> T:
         """Send one frame and return ``decode(reply body)``; the body is only valid inside ``decode``."""
+        with self._lock:
+            self.begin(opcode, parts)
+            return self.finish(opcode, decode)
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held around :meth:`begin` and :meth:`finish` by callers that pipeline over several servers."""
+        return self._lock
+
+    def begin(self, opcode: int, parts: Sequence[Buffer]) -> None:
+        """Send a request without waiting for its reply; the caller holds :attr:`lock`.
+
+        A client of a sharded server sends every shard its part first and only then
+        collects the replies, so the shards work on one logical request at the same time.
+        """
         length = frame_length(parts)
         if HEADER_SIZE + length > self._max_frame_bytes:
             raise ValueError(
                 f"request of {HEADER_SIZE + length} bytes exceeds this client's max_frame_bytes of "
                 f"{self._max_frame_bytes} bytes; split it into smaller requests"
             )
-        with self._lock:
-            sock = self._open_socket()
-            self._request_id = (self._request_id + 1) & 0xFFFFFFFF
-            header = encode_header(opcode, self._request_id, length)
-            try:
-                self._send(sock, [header, *parts], HEADER_SIZE + length)
-                reply, body = self._receive(sock)
-            except TimeoutError as error:
-                raise self._broken(f"no reply within {self._timeout} s; the server may be overloaded "
-                                   "or stalled (raise timeout= if requests are very large)") from error
-            except PSConnectionError:
-                raise
-            except OSError as error:
-                raise self._broken(f"the connection failed: {error}") from error
-            self._check_reply(reply, body, opcode)
-            return decode(body)
+        sock = self._open_socket()
+        self._request_id = (self._request_id + 1) & 0xFFFFFFFF
+        header = encode_header(opcode, self._request_id, length)
+        with self._translated_errors():
+            self._send(sock, [header, *parts], HEADER_SIZE + length)
+
+    def finish(self, opcode: int, decode: Callable[[memoryview], T] = _no_body) -> T:
+        """Wait for the reply to the request :meth:`begin` sent and decode it."""
+        with self._translated_errors():
+            reply, body = self._receive(self._open_socket())
+        self._check_reply(reply, body, opcode)
+        return decode(body)
+
+    @contextmanager
+    def _translated_errors(self) -> Iterator[None]:
+        """Socket failures become a closed connection and a :class:`PSConnectionError` that says why."""
+        try:
+            yield
+        except TimeoutError as error:
+            raise self._broken(f"no reply within {self._timeout} s; the server may be overloaded "
+                               "or stalled (raise timeout= if requests are very large)") from error
+        except PSConnectionError:
+            raise
+        except OSError as error:
+            raise self._broken(f"the connection failed: {error}") from error
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
@@ -112,7 +140,17 @@ class Connection:
                 "printed, and that no firewall or security group blocks the port"
             ) from error
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
+        if self._tls is None:
+            return sock
+        try:
+            return self._tls.wrap_socket(sock, server_hostname=self._host)
+        except (ssl.SSLError, OSError) as error:
+            sock.close()
+            raise PSConnectionError(
+                f"TLS handshake with the parameter server at {self.address} failed: {error}; check "
+                "that the server was started with --tls-cert/--tls-key and that the client trusts "
+                "its certificate (tls= the CA file that signed it)"
+            ) from error
 
     def _authenticate(self, token: str | None) -> None:
         """Read the server's greeting; answer its nonce if it asks for a token."""
@@ -141,6 +179,9 @@ class Connection:
         return self._sock
 
     def _send(self, sock: socket.socket, buffers: list[Buffer], total: int) -> None:
+        if self._tls is not None:  # an SSL socket has no sendmsg: encrypt one joined record
+            sock.sendall(b"".join(buffers))
+            return
         sent = sock.sendmsg(buffers)
         if sent == total:
             return

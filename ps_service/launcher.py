@@ -22,6 +22,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from ps_service.client import PSClient
@@ -33,47 +34,59 @@ _LISTENING = "listening on "
 _TAIL_LINES = 40
 
 
-class LocalServer:
-    """A running server process; :meth:`stop` (or leaving a ``with`` block) ends it."""
+@dataclass
+class _Member:
+    """One server process of a (possibly one-member) group."""
 
-    def __init__(self, *, process: subprocess.Popen[str], address: str, token: str | None,
-                 output: _ServerOutput, lifeline: int) -> None:
-        self._process = process
+    process: subprocess.Popen[str]
+    output: _ServerOutput
+    lifeline: int | None
+
+
+class LocalServer:
+    """A running server process, or a sharded group of them; :meth:`stop` (or leaving a
+    ``with`` block) ends every process. ``address`` is what clients connect to: one
+    ``host:port``, or the group's addresses joined by commas in shard order."""
+
+    def __init__(self, *, members: list[_Member], token: str | None, tls: str | None) -> None:
+        self._members = members
         self._token = token
-        self._output = output
-        self._lifeline: int | None = lifeline
-        self.address = address
+        self._tls = tls
+        self.address = ",".join(member.output.address for member in members)
 
     @property
     def pid(self) -> int:
-        return self._process.pid
+        return self._members[0].process.pid
+
+    @property
+    def pids(self) -> list[int]:
+        return [member.process.pid for member in self._members]
 
     @property
     def running(self) -> bool:
-        return self._process.poll() is None
+        """True while every member runs; a group with a dead shard cannot serve its keys."""
+        return all(member.process.poll() is None for member in self._members)
 
     def stop(self, *, timeout_s: float = 10.0) -> None:
-        """Ask for a graceful shutdown (SIGTERM if the server does not answer), then kill."""
-        if self.running:
+        """Ask for a graceful shutdown (SIGTERM if the servers do not answer), then kill."""
+        alive = [member for member in self._members if member.process.poll() is None]
+        if alive:
             try:
-                with PSClient(self.address, self._token, timeout=timeout_s) as client:
+                if len(alive) < len(self._members):
+                    raise PSError("a shard of the group already exited")
+                with PSClient(self.address, self._token, timeout=timeout_s, tls=self._tls) as client:
                     client.shutdown()
-            except PSError as error:
+            except (PSError, ValueError) as error:
                 log.warning("graceful shutdown of the parameter server failed (%s); sending SIGTERM", error)
-                self._process.terminate()
-            try:
-                self._process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("parameter server pid %s did not exit within %s s; killing it", self.pid, timeout_s)
-                self._process.kill()
-                self._process.wait()
-        self._output.join(timeout_s)
-        self._cut_lifeline()
-
-    def _cut_lifeline(self) -> None:
-        lifeline, self._lifeline = self._lifeline, None
-        if lifeline is not None:
-            os.close(lifeline)
+                for member in alive:
+                    member.process.terminate()
+            for member in alive:
+                _wait_or_kill(member.process, timeout_s)
+        for member in self._members:
+            member.output.join(timeout_s)
+            lifeline, member.lifeline = member.lifeline, None
+            if lifeline is not None:
+                os.close(lifeline)
 
     def __enter__(self) -> LocalServer:
         return self
@@ -87,41 +100,77 @@ def start_local_server(
     token: str | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
+    shards: int = 1,
+    checkpoint_uri: str | None = None,
+    checkpoint_interval_s: float | None = None,
+    restore_uri: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
     startup_timeout_s: float = 30.0,
 ) -> LocalServer:
-    """Start a server process and return once it accepts connections."""
-    child_end, lifeline = os.pipe()  # both ends close on exec; pass_fds hands the child its end
-    command = [sys.executable, "-m", "ps_service", "--host", host, "--port", str(port),
-               "--lifeline-fd", str(child_end)]
+    """Start ``shards`` server processes and return once all accept connections.
+
+    With ``port`` > 0, shard ``i`` listens on ``port + i``; port 0 picks free ports.
+    """
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, got {shards}")
+    options = _server_options(checkpoint_uri, checkpoint_interval_s, restore_uri, tls_cert, tls_key)
+    members: list[_Member] = []
     try:
         with _token_file(token) as token_path:
-            if token_path is not None:
-                command += ["--token-file", str(token_path)]
-            process, output, address = _spawn(command, child_end, startup_timeout_s)
+            for shard in range(shards):
+                command = [sys.executable, "-m", "ps_service", "--host", host,
+                           "--port", str(port + shard if port else 0),
+                           "--shard-index", str(shard), "--shard-count", str(shards), *options]
+                if token_path is not None:
+                    command += ["--token-file", str(token_path)]
+                members.append(_spawn(command, startup_timeout_s))
+    except BaseException:
+        LocalServer(members=members, token=token, tls=tls_cert).stop(timeout_s=5)
+        raise
+    server = LocalServer(members=members, token=token, tls=tls_cert)
+    log.info("parameter server pid(s) %s listening on %s", server.pids, server.address)
+    return server
+
+
+def _server_options(checkpoint_uri: str | None, checkpoint_interval_s: float | None,
+                    restore_uri: str | None, tls_cert: str | None, tls_key: str | None) -> list[str]:
+    pairs = [("--checkpoint-uri", checkpoint_uri), ("--checkpoint-interval", checkpoint_interval_s),
+             ("--restore", restore_uri), ("--tls-cert", tls_cert), ("--tls-key", tls_key)]
+    return [part for flag, value in pairs if value is not None for part in (flag, str(value))]
+
+
+def _spawn(command: list[str], startup_timeout_s: float) -> _Member:
+    """Start the process and wait for its listening line; a process that never prints it is killed."""
+    child_end, lifeline = os.pipe()  # both ends close on exec; pass_fds hands the child its end
+    try:
+        process = subprocess.Popen(
+            [*command, "--lifeline-fd", str(child_end)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, env=_child_environment(), pass_fds=(child_end,),
+        )
     except BaseException:
         os.close(lifeline)
         raise
     finally:
         os.close(child_end)
-    log.info("parameter server pid %s listening on %s", process.pid, address)
-    return LocalServer(process=process, address=address, token=token, output=output, lifeline=lifeline)
-
-
-def _spawn(command: list[str], child_end: int,
-           startup_timeout_s: float) -> tuple[subprocess.Popen[str], _ServerOutput, str]:
-    """Start the process and wait for its listening line; a process that never prints it is killed."""
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_child_environment(),
-        pass_fds=(child_end,),
-    )
     output = _ServerOutput(process)
     try:
-        address = output.wait_for_address(startup_timeout_s)
+        output.wait_for_address(startup_timeout_s)
     except BaseException:
         process.kill()
         process.wait()
+        os.close(lifeline)
         raise
-    return process, output, address
+    return _Member(process, output, lifeline)
+
+
+def _wait_or_kill(process: subprocess.Popen[str], timeout_s: float) -> None:
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        log.warning("parameter server pid %s did not exit within %s s; killing it", process.pid, timeout_s)
+        process.kill()
+        process.wait()
 
 
 class _ServerOutput:
@@ -134,6 +183,11 @@ class _ServerOutput:
         self._tail: deque[str] = deque(maxlen=_TAIL_LINES)
         self._thread = threading.Thread(target=self._read, name=f"ps-output-{process.pid}", daemon=True)
         self._thread.start()
+
+    @property
+    def address(self) -> str:
+        assert self._address is not None, "the server has not printed its address yet"
+        return self._address
 
     def wait_for_address(self, timeout_s: float) -> str:
         self._listening.wait(timeout_s)

@@ -52,6 +52,9 @@ class Opcode(IntEnum):
     STATUS = 33
     STOP = 34
     SHUTDOWN = 35
+    REGISTER = 36
+    HEARTBEAT = 37
+    DEREGISTER = 38
 
 
 class Status(IntEnum):
@@ -229,7 +232,7 @@ def encode_json(document: Any) -> bytes:
 def decode_json(body: Buffer) -> dict[str, Any]:
     try:
         document = json.loads(bytes(body)) if len(body) else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:  # nested too deep to parse
         raise ProtocolError(f"control body is not valid JSON: {error}") from None
     if not isinstance(document, dict):
         raise ProtocolError(f"control body must be a JSON object, got {type(document).__name__}")

@@ -4,6 +4,11 @@ One event loop serves every connection, so each request is applied atomically wi
 respect to all others without locks: concurrent pushes from many workers can never
 interleave inside one update. The numpy work per request is small (a minibatch's
 keys), which keeps the loop responsive.
+
+A maintenance task runs beside the connections once a second (faster when checkpoints
+are frequent): it samples the update rate for the status call, closes connections that
+have been idle too long, and writes a checkpoint when one is due. A server restored
+from a checkpoint resumes the tables, their optimizer state and step counts exactly.
 """
 
 from __future__ import annotations
@@ -11,11 +16,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ps_service import checkpoint
 
 from ps_service.addresses import format_address
 from ps_service.auth import DIGEST_BYTES, new_nonce, verify
@@ -40,14 +49,38 @@ from ps_service.protocol import (
     frame_length,
 )
 from ps_service.store import TableStore
+from ps_service.workers import ACTIVE, Registration, WorkerRegistry
 
 log = logging.getLogger(__name__)
 
 _COALESCE_BYTES = 64 * 1024
 _STREAM_LIMIT = 1 << 20
 _CLOSE_GRACE_S = 1.0
+_RATE_WINDOW_S = 10.0
 
-Handler = Callable[[Buffer], tuple[list[Buffer], str | None]]
+
+@dataclass
+class _Session:
+    """One connection's state: who it is, when it last did something, which slot it holds."""
+
+    peer: str
+    writer: asyncio.StreamWriter
+    last_activity: float = field(default_factory=time.monotonic)
+    registration: Registration | None = None
+
+
+@dataclass
+class _CheckpointState:
+    uri: str | None
+    interval_s: float
+    written: int = 0
+    last_at: float | None = None
+    last_updates: int | None = None
+    last_error: str | None = None
+    changes_saved: int = 0
+
+
+Handler = Callable[[Buffer, _Session], tuple[list[Buffer], str | None]]
 
 
 @dataclass
@@ -56,6 +89,7 @@ class _Traffic:
 
     requests: int = 0
     errors: int = 0
+    bad_frames: int = 0
     auth_failures: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
@@ -64,7 +98,14 @@ class _Traffic:
 
 
 class ParameterServer:
-    """Serves named tables over TCP until a shutdown request, a signal or :meth:`stop_thread`."""
+    """Serves named tables over TCP until a shutdown request, a signal or :meth:`stop_thread`.
+
+    ``shard``/``shards`` name this process's place in a sharded group (tables created
+    for another place are refused); ``tls`` is a server ``ssl.SSLContext``;
+    ``checkpoint_uri`` (``file://``, a path or ``s3://``) receives a checkpoint every
+    ``checkpoint_interval_s`` while tables change and one at graceful shutdown;
+    ``restore_uri`` names a checkpoint to resume before listening.
+    """
 
     def __init__(
         self,
@@ -75,22 +116,44 @@ class ParameterServer:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         max_reports: int = 1000,
         handshake_timeout_s: float = 10.0,
+        idle_timeout_s: float = 600.0,
+        heartbeat_timeout_s: float = 30.0,
+        shard: int = 0,
+        shards: int = 1,
+        tls: ssl.SSLContext | None = None,
+        checkpoint_uri: str | None = None,
+        checkpoint_interval_s: float = 60.0,
+        restore_uri: str | None = None,
     ) -> None:
         if token is not None and not token:
             raise ValueError("token must be a non-empty string, or None to disable authentication")
+        if not 0 <= shard < shards:
+            raise ValueError(f"shard must be in 0..shards-1 (shards={shards}), got {shard}")
+        for name, value in (("idle_timeout_s", idle_timeout_s), ("heartbeat_timeout_s", heartbeat_timeout_s),
+                            ("checkpoint_interval_s", checkpoint_interval_s)):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
         self._host = host
         self._port = port
         self._token = token
+        self._tls = tls
         self._max_frame_bytes = max_frame_bytes
         self._handshake_timeout_s = handshake_timeout_s
-        self._store = TableStore(max_reports=max_reports)
+        self._idle_timeout_s = idle_timeout_s
+        self._store = TableStore(max_reports=max_reports, shard=shard, shards=shards)
+        self._registry = WorkerRegistry(heartbeat_timeout_s=heartbeat_timeout_s)
+        self._checkpoints = _CheckpointState(checkpoint_uri, checkpoint_interval_s)
+        self._restore_uri = restore_uri
+        self._changes = 0
+        self._writing: asyncio.Future[str] | None = None
+        self._rate_samples: deque[tuple[float, int]] = deque()
         self._traffic = _Traffic()
         self._clients = 0
         self._started_at = 0.0
         self._address: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shutdown: asyncio.Event | None = None
-        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._connections: dict[asyncio.Task[None], _Session] = {}
         self._thread: threading.Thread | None = None
         self._handlers: dict[int, Handler] = {
             Opcode.CREATE_TABLE: self._create_table,
@@ -103,6 +166,9 @@ class ParameterServer:
             Opcode.STATUS: self._status,
             Opcode.STOP: self._stop,
             Opcode.SHUTDOWN: self._request_stop_all,
+            Opcode.REGISTER: self._register,
+            Opcode.HEARTBEAT: self._heartbeat,
+            Opcode.DEREGISTER: self._deregister,
         }
 
     @property
@@ -119,9 +185,14 @@ class ParameterServer:
         self._loop = asyncio.get_running_loop()
         self._shutdown = asyncio.Event()
         try:
+            if self._restore_uri is not None:
+                await self._restore(self._restore_uri)
             listener = await asyncio.start_server(
-                self._on_connection, self._host, self._port, limit=_STREAM_LIMIT
+                self._on_connection, self._host, self._port, limit=_STREAM_LIMIT, ssl=self._tls
             )
+        except checkpoint.CheckpointError as error:
+            self._loop = None
+            raise PSStartupError(str(error)) from error
         except OSError as error:
             self._loop = None
             raise PSStartupError(
@@ -131,14 +202,22 @@ class ParameterServer:
         host, port = listener.sockets[0].getsockname()[:2]
         self._address = format_address(host, port)
         self._started_at = time.time()
-        log.info("parameter server listening on %s (authentication %s)",
-                 self._address, "on" if self._token else "off")
+        log.info("parameter server listening on %s (shard %d of %d, authentication %s, TLS %s)",
+                 self._address, self._store.shard, self._store.shards,
+                 "on" if self._token else "off", "on" if self._tls else "off")
         if on_listening is not None:
             on_listening(self._address)
+        maintenance = asyncio.create_task(self._maintain())
         try:
             await self._shutdown.wait()
         finally:
+            maintenance.cancel()
+            await asyncio.gather(maintenance, return_exceptions=True)
             await self._close(listener)
+            if self._checkpoints.uri is not None:
+                await self._checkpoint()
+        self._loop = None
+        log.info("parameter server on %s stopped", self._address)
 
     def request_shutdown(self) -> None:
         """Ask a serving server to stop; safe from any thread and from signal handlers."""
@@ -201,25 +280,22 @@ class ParameterServer:
         """
         listener.close()
         connections = dict(self._connections)
-        for writer in connections.values():
-            writer.close()
+        for session in connections.values():
+            session.writer.close()
         if connections:
             _finished, stalled = await asyncio.wait(list(connections), timeout=_CLOSE_GRACE_S)
             for task in stalled:
-                log.warning("aborting connection from %s: it stopped reading replies",
-                            connections[task].get_extra_info("peername"))
-                connections[task].transport.abort()
+                log.warning("aborting connection from %s: it stopped reading replies", connections[task].peer)
+                connections[task].writer.transport.abort()
                 task.cancel()
             await asyncio.gather(*stalled, return_exceptions=True)
         await listener.wait_closed()
-        self._loop = None
-        log.info("parameter server on %s stopped", self._address)
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections[task] = writer
-        peer = writer.get_extra_info("peername")
+        peer = _peer_name(writer.get_extra_info("peername"))
+        session = self._connections[task] = _Session(peer, writer)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -227,7 +303,7 @@ class ParameterServer:
             if await self._handshake(reader, writer, peer):
                 self._clients += 1
                 try:
-                    await self._serve_requests(reader, writer)
+                    await self._serve_requests(reader, writer, session)
                 finally:
                     self._clients -= 1
         except (asyncio.IncompleteReadError, ConnectionError) as error:
@@ -238,6 +314,8 @@ class ParameterServer:
             log.debug("connection from %s aborted at shutdown", peer)
         finally:
             self._connections.pop(task, None)
+            if session.registration is not None:
+                self._registry.disconnected(session.registration)
             writer.close()
 
     async def _handshake(
@@ -282,10 +360,13 @@ class ParameterServer:
         await writer.drain()
         return False
 
-    async def _serve_requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_requests(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: _Session
+    ) -> None:
         traffic = self._traffic
         while True:
             raw_header = await reader.readexactly(HEADER_SIZE)
+            session.last_activity = time.monotonic()
             try:
                 header = decode_header(raw_header, max_frame_bytes=self._max_frame_bytes)
             except ProtocolError as error:
@@ -294,10 +375,13 @@ class ParameterServer:
             body = await reader.readexactly(header.body_length) if header.body_length else b""
             traffic.requests += 1
             traffic.bytes_in += HEADER_SIZE + header.body_length
-            status, parts, table = self._dispatch(header.opcode, body)
+            if session.registration is not None:
+                session.registration.last_heartbeat = time.time()
+            status, parts, table = self._dispatch(header.opcode, body, session)
             stop = self._store.stop_requested(table)
             self._send(writer, header.opcode, header.request_id, status, parts, stop)
             await writer.drain()
+            session.last_activity = time.monotonic()
             if header.opcode == Opcode.SHUTDOWN and status == Status.OK:
                 assert self._shutdown is not None
                 self._shutdown.set()
@@ -306,20 +390,25 @@ class ParameterServer:
     async def _reject_frame(self, writer: asyncio.StreamWriter, raw_header: bytes, error: ProtocolError) -> None:
         """Answer a broken header once, then drop the connection: its stream cannot be resynchronised."""
         self._traffic.errors += 1
+        self._traffic.bad_frames += 1
         log.warning("closing connection after a bad frame: %s", error)
         fields = HEADER.unpack(raw_header)
         opcode, request_id = fields[2], fields[5]
         self._send(writer, opcode, request_id, Status.ERROR, [encode_text(str(error))], self._store.stop_all)
         await writer.drain()
 
-    def _dispatch(self, opcode: int, body: Buffer) -> tuple[Status, list[Buffer], str | None]:
+    def _dispatch(self, opcode: int, body: Buffer, session: _Session) -> tuple[Status, list[Buffer], str | None]:
         """Run one request; every failure becomes an error reply and the connection stays usable."""
         handler = self._handlers.get(opcode)
         try:
             if handler is None:
                 raise ProtocolError(f"unknown opcode {opcode}; the client is newer than this server")
-            parts, table = handler(body)
+            parts, table = handler(body, session)
             return Status.OK, parts, table
+        except ProtocolError as error:
+            self._traffic.errors += 1
+            self._traffic.bad_frames += 1
+            return Status.ERROR, [encode_text(str(error))], None
         except PSError as error:
             self._traffic.errors += 1
             return Status.ERROR, [encode_text(str(error))], None
@@ -359,44 +448,52 @@ class ParameterServer:
                 raise PSError(f"{operation} on table {request.table!r} carries no {name.replace('_', ' ')}")
         return request
 
-    def _pull(self, body: Buffer) -> tuple[list[Buffer], str | None]:
+    def _pull(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
         request = self._table_request(body, "pull", "keys")
         values = self._store.table(request.table).pull(request.keys)
         self._traffic.keys_out += len(values)
         return encode_array(values), request.table
 
-    def _push(self, body: Buffer) -> tuple[list[Buffer], str | None]:
+    def _push(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
         request = self._table_request(body, "push", "keys", "values")
+        if session.registration is not None:
+            session.registration.check_current()
         self._store.table(request.table).push(request.keys, request.values)
+        self._changes += 1
         self._traffic.keys_in += len(request.keys)
         return [], request.table
 
-    def _push_pull(self, body: Buffer) -> tuple[list[Buffer], str | None]:
+    def _push_pull(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
         request = self._table_request(body, "push_pull", "keys", "values", "next_keys")
+        if session.registration is not None:
+            session.registration.check_current()
         table = self._store.table(request.table)
         values = table.push_pull(request.keys, request.values, request.next_keys)
+        self._changes += 1
         self._traffic.keys_in += len(request.keys)
         self._traffic.keys_out += len(values)
         return encode_array(values), request.table
 
-    def _get_table(self, body: Buffer) -> tuple[list[Buffer], str | None]:
+    def _get_table(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
         request = self._table_request(body, "get_table")
         values = self._store.table(request.table).get()
         self._traffic.keys_out += len(values)
         return encode_array(values), request.table
 
-    def _set_table(self, body: Buffer) -> tuple[list[Buffer], str | None]:
+    def _set_table(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
         request = self._table_request(body, "set_table", "values")
         self._store.table(request.table).set(request.values)
+        self._changes += 1
         return [], request.table
 
-    def _create_table(self, body: Buffer) -> tuple[list[Buffer], str | None]:
+    def _create_table(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
         table, created = self._store.create(decode_json(body))
         if created:
+            self._changes += 1
             log.info("created table %r: %s", table.spec.name, table.spec.to_json())
         return [encode_json({"created": created, "spec": table.spec.to_json()})], table.spec.name
 
-    def _report(self, body: Buffer) -> tuple[list[Buffer], str | None]:
+    def _report(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
         request = decode_json(body)
         name = request.get("table")
         if not isinstance(name, str):
@@ -404,12 +501,44 @@ class ParameterServer:
         table = self._store.table(name)
         table.report(worker=request.get("worker"), name=request.get("name"),
                      value=request.get("value"), count=request.get("count", 1))
+        self._changes += 1  # reports are part of a checkpoint
         return [], table.spec.name
 
-    def _status(self, body: Buffer) -> tuple[list[Buffer], str | None]:
+    def _register(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
+        if session.registration is not None and session.registration.state == ACTIVE:
+            raise PSError(
+                f"this connection already holds worker {session.registration.worker!r} of run "
+                f"{session.registration.run!r}; open a new connection for another worker"
+            )
+        registration = self._registry.register(decode_json(body), session.peer)
+        session.registration = registration
+        log.info("registered worker %r generation %d of run %r from %s", registration.worker,
+                 registration.generation, registration.run, session.peer)
+        return [encode_json({"run": registration.run, "worker": registration.worker,
+                             "generation": registration.generation})], None
+
+    def _heartbeat(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
+        self._registry.heartbeat(self._registration(session, "heartbeat"))
+        return [], None
+
+    def _deregister(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
+        registration = self._registration(session, "deregister")
+        self._registry.deregister(registration, decode_json(body).get("reason", "finished"))
+        self._changes += 1  # finished slots are part of a checkpoint
+        log.info("worker %r generation %d of run %r deregistered: %s", registration.worker,
+                 registration.generation, registration.run, registration.state)
+        return [], None
+
+    @staticmethod
+    def _registration(session: _Session, operation: str) -> Registration:
+        if session.registration is None:
+            raise PSError(f"{operation}: this connection has not registered a worker; call register first")
+        return session.registration
+
+    def _status(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
         return [encode_json(self._status_document())], None
 
-    def _stop(self, body: Buffer) -> tuple[list[Buffer], str | None]:
+    def _stop(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
         name = decode_json(body).get("table")
         if name is not None and not isinstance(name, str):
             raise PSError(f"stop: table must be a table name or null, got {name!r}")
@@ -417,7 +546,7 @@ class ParameterServer:
         log.info("stop requested for %s", f"table {name!r}" if name else "all tables")
         return [], name
 
-    def _request_stop_all(self, body: Buffer) -> tuple[list[Buffer], str | None]:
+    def _request_stop_all(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
         """Shutdown: flag every worker to stop; the connection loop then ends the server."""
         self._store.stop_all = True
         log.info("shutdown requested")
@@ -425,14 +554,100 @@ class ParameterServer:
 
     def _status_document(self) -> dict[str, Any]:
         now = time.time()
+        checkpoints = self._checkpoints
         return {
             "protocol_version": VERSION,
             "address": self._address,
+            "shard": self._store.shard,
+            "shards": self._store.shards,
+            "tls": self._tls is not None,
             "started_at": self._started_at,
             "uptime_s": now - self._started_at,
             "stop": self._store.stop_all,
             "clients": self._clients,
             "updates": self._store.total_updates(),
+            "updates_per_s": self._update_rate(),
             **asdict(self._traffic),
+            "registered_workers": self._registry.active_count(),
+            "workers": self._registry.status(),
+            "checkpoint": {
+                "uri": checkpoints.uri, "interval_s": checkpoints.interval_s, "written": checkpoints.written,
+                "last_at": checkpoints.last_at, "last_updates": checkpoints.last_updates,
+                "last_error": checkpoints.last_error,
+            },
             "tables": self._store.status(),
         }
+
+    async def _maintain(self) -> None:
+        """Sample the update rate, close idle connections, checkpoint when due; never raises."""
+        checkpoints = self._checkpoints
+        tick = min(1.0, checkpoints.interval_s / 4) if checkpoints.uri else 1.0
+        next_checkpoint = time.monotonic() + checkpoints.interval_s
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            self._rate_samples.append((now, self._store.total_updates()))
+            while now - self._rate_samples[0][0] > _RATE_WINDOW_S:
+                self._rate_samples.popleft()
+            self._close_idle(now)
+            if checkpoints.uri is not None and now >= next_checkpoint:
+                await self._checkpoint()
+                next_checkpoint = time.monotonic() + checkpoints.interval_s
+
+    def _update_rate(self) -> float:
+        if len(self._rate_samples) < 2:
+            return 0.0
+        (first_t, first_u), (last_t, last_u) = self._rate_samples[0], self._rate_samples[-1]
+        return round((last_u - first_u) / (last_t - first_t), 1)
+
+    def _close_idle(self, now: float) -> None:
+        for session in list(self._connections.values()):
+            # Silent, or stuck in a request: a client that stops reading its replies blocks
+            # in drain() and would otherwise hold its buffered replies until shutdown.
+            if now - session.last_activity > self._idle_timeout_s:
+                log.info("closing connection from %s: no request completed for %s s", session.peer,
+                         self._idle_timeout_s)
+                session.writer.transport.abort()
+
+    async def _checkpoint(self) -> None:
+        """Snapshot on the loop (consistent), write in a thread; a failure is logged and shown in status."""
+        checkpoints = self._checkpoints
+        assert checkpoints.uri is not None
+        if self._writing is not None:
+            # a periodic write cancelled by shutdown still runs in its thread: let it land
+            # before the final one, or its older snapshot would replace the newer
+            await asyncio.gather(self._writing, return_exceptions=True)
+        if self._changes == checkpoints.changes_saved:
+            return  # nothing new: never overwrite a checkpoint with the same (or an empty) state
+        changes = self._changes
+        snapshot = self._store.snapshot(self._registry.finished_slots())
+        self._writing = asyncio.ensure_future(asyncio.to_thread(checkpoint.write, snapshot, checkpoints.uri))
+        try:
+            await asyncio.shield(self._writing)
+        except Exception as error:
+            checkpoints.last_error = str(error)
+            log.error("checkpoint to %s failed: %s; the server keeps serving and retries", checkpoints.uri, error)
+            return
+        checkpoints.written += 1
+        checkpoints.changes_saved = changes
+        checkpoints.last_at = snapshot.taken_at
+        checkpoints.last_updates = snapshot.updates
+        checkpoints.last_error = None
+
+    async def _restore(self, uri: str) -> None:
+        snapshot = await asyncio.to_thread(checkpoint.read, uri, self._store.shard, self._store.shards)
+        try:
+            self._store.restore(snapshot)
+        except (PSError, KeyError, TypeError, ValueError) as error:
+            raise checkpoint.CheckpointError(f"checkpoint under {uri} holds a table this server cannot "
+                                             f"rebuild: {error}") from error
+        self._registry.restore(snapshot.finished_slots)
+        self._changes = self._checkpoints.changes_saved = 1
+        log.info("restored %d tables (%d updates) from %s, taken at %s", len(snapshot.tables),
+                 snapshot.updates, uri, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snapshot.taken_at)))
+
+
+def _peer_name(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return format_address(str(peer[0]), int(peer[1]))
+    return str(peer)

@@ -17,17 +17,22 @@ from typing import Any
 import numpy as np
 
 from ps_service.errors import PSError
-from ps_service.optimizers import make_optimizer, resolve_options
+from ps_service.optimizers import OptionValue, make_optimizer, resolve_options
+from ps_service.sharding import global_keys, local_rows
+from ps_service.validation import check_keys, check_values, check_width
 
 INITIALIZERS = ("zeros", "normal")
 MAX_NAME_LENGTH = 200
-_SPEC_FIELDS = ("name", "size", "width", "optimizer", "initializer", "init_scale", "seed")
+_INIT_BLOCK_ROWS = 1 << 20
+_SPEC_FIELDS = ("name", "size", "width", "optimizer", "initializer", "init_scale", "seed", "shard", "shards")
 _SPEC_DEFAULTS: Mapping[str, Any] = {
     "width": 1,
     "optimizer": "sgd",
     "initializer": "zeros",
     "init_scale": 0.01,
     "seed": 0,
+    "shard": 0,
+    "shards": 1,
 }
 
 
@@ -39,10 +44,17 @@ class TableSpec:
     size: int
     width: int
     optimizer: str
-    options: dict[str, float]
+    options: dict[str, OptionValue]
     initializer: str
     init_scale: float
     seed: int
+    shard: int = 0
+    shards: int = 1
+
+    @property
+    def rows(self) -> int:
+        """Rows held here: the keys of ``size`` that fall on this shard."""
+        return local_rows(self.size, self.shard, self.shards)
 
     @classmethod
     def from_request(cls, request: Mapping[str, Any]) -> TableSpec:
@@ -50,6 +62,10 @@ class TableSpec:
         fields = {**_SPEC_DEFAULTS, **{k: v for k, v in request.items() if k in _SPEC_FIELDS}}
         options = {k: v for k, v in request.items() if k not in _SPEC_FIELDS}
         name = _check_name(fields.get("name"))
+        shards = _check_int(name, "shards", fields["shards"], minimum=1)
+        shard = _check_int(name, "shard", fields["shard"], minimum=0)
+        if shard >= shards:
+            raise PSError(f"table {name!r}: shard must be below shards ({shards}), got {shard}")
         return cls(
             name=name,
             size=_check_int(name, "size", fields.get("size"), minimum=1),
@@ -59,7 +75,15 @@ class TableSpec:
             initializer=_check_initializer(name, fields["initializer"]),
             init_scale=_check_scale(name, fields["init_scale"]),
             seed=_check_int(name, "seed", fields["seed"], minimum=0),
+            shard=shard,
+            shards=shards,
         )
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> TableSpec:
+        """The inverse of :meth:`to_json` (a checkpoint's copy of the spec), checked again."""
+        fields = {key: value for key, value in document.items() if key != "options"}
+        return cls.from_request({**fields, **document.get("options", {})})
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,14 +99,17 @@ class Table:
     def __init__(self, spec: TableSpec, *, max_reports: int) -> None:
         self.spec = spec
         self.weights = initial_weights(spec)
-        self.optimizer = make_optimizer(spec.optimizer, self.weights.shape, spec.options)
+        # Width-1 tables (logistic regression) are updated through a 1-D view: numpy's
+        # gathers and scatters on a 1-D array take half the time of those on (n, 1).
+        self._rows = self.weights.reshape(-1) if spec.width == 1 else self.weights
+        self.optimizer = make_optimizer(spec.optimizer, self._rows.shape, spec.options)
         self.updates = 0
         self.stop = False
         self.reports: deque[dict[str, Any]] = deque(maxlen=max_reports)
 
     def pull(self, keys: np.ndarray) -> np.ndarray:
         self._check_keys(keys)
-        return self.weights[keys]
+        return self._gather(keys)
 
     def push(self, keys: np.ndarray, grads: np.ndarray) -> None:
         self._check_gradients(keys, grads)
@@ -93,11 +120,33 @@ class Table:
         self._check_gradients(keys, grads)
         self._check_keys(next_keys)
         self._apply(keys, grads)
-        return self.weights[next_keys]
+        return self._gather(next_keys)
 
     def get(self) -> np.ndarray:
         """A copy, so later pushes cannot change a snapshot that is still being sent."""
         return self.weights.copy()
+
+    def load_state(self, weights: np.ndarray, slots: Mapping[str, np.ndarray], updates: int,
+                   reports: list[dict[str, Any]]) -> None:
+        """Resume from a checkpoint: weights, optimizer state and step exactly as saved."""
+        if weights.shape != self.weights.shape:
+            raise PSError(f"checkpoint of table {self.spec.name!r} has shape {weights.shape}, "
+                          f"its spec gives {self.weights.shape}")
+        try:
+            internal = {name: np.reshape(slot, self._rows.shape) for name, slot in slots.items()}
+        except ValueError:
+            raise PSError(f"checkpoint of table {self.spec.name!r} has optimizer state that is not "
+                          f"of the table's shape {self.weights.shape}") from None
+        self.optimizer.load_slots(internal)
+        self.weights[...] = weights
+        self.updates = updates
+        self.reports.extend(reports)
+
+    def state(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Copies of the weights and optimizer slots, each (rows, width), for a checkpoint
+        taken between requests."""
+        shape = self.weights.shape
+        return self.weights.copy(), {name: slot.reshape(shape).copy() for name, slot in self.optimizer.slots.items()}
 
     def set(self, values: np.ndarray) -> None:
         """Replace the weights (warm start, restore); the optimizer state is kept."""
@@ -132,42 +181,33 @@ class Table:
             "reports": list(self.reports),
         }
 
+    def _gather(self, keys: np.ndarray) -> np.ndarray:
+        return self._rows.take(keys, axis=0).reshape(len(keys), self.spec.width)
+
     def _apply(self, keys: np.ndarray, grads: np.ndarray) -> None:
-        rows, summed = sum_duplicates(keys, grads)
-        self.optimizer.apply(self.weights, rows, summed)
+        rows, summed = sum_duplicates(keys, grads.reshape((len(keys),) + self._rows.shape[1:]))
+        self.optimizer.apply(self._rows, rows, summed, self.updates + 1)
         self.updates += 1
 
     def _check_keys(self, keys: np.ndarray) -> None:
-        if not len(keys):
-            return
-        if keys.min() < 0 or keys.max() >= self.spec.size:
-            bad = keys[(keys < 0) | (keys >= self.spec.size)][0]
-            raise PSError(
-                f"table {self.spec.name!r} has {self.spec.size} keys (0..{self.spec.size - 1}); "
-                f"key {int(bad)} is out of range; nothing was applied"
-            )
+        check_keys(self.spec.name, keys, len(self.weights), self.spec.size, self._global)
+
+    def _global(self, local: np.ndarray) -> np.ndarray:
+        return global_keys(local, self.spec.shard, self.spec.shards)
 
     def _check_gradients(self, keys: np.ndarray, grads: np.ndarray) -> None:
-        if grads.shape != (len(keys), self.spec.width):
-            raise PSError(
-                f"table {self.spec.name!r} rows have width {self.spec.width}; the push sent "
-                f"gradients of shape {grads.shape} for {len(keys)} keys; nothing was applied"
-            )
+        check_width(self.spec.name, self.spec.width, keys, grads)
         self._check_keys(keys)
         self._check_finite(keys, grads, "push")
 
     def _check_finite(self, keys: np.ndarray, values: np.ndarray, operation: str) -> None:
-        if not np.isfinite(values).all():
-            bad = keys[~np.isfinite(values).all(axis=1)][0]
-            raise PSError(
-                f"{operation} to table {self.spec.name!r} has a NaN or infinite value for key "
-                f"{int(bad)}; nothing was applied"
-            )
+        check_values(self.spec.name, keys, values, operation, self._global)
 
 
 def sum_duplicates(keys: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unique keys and the summed gradient rows of each, without a Python loop over keys.
 
+    ``grads`` has one row per key: shape (n, width), or (n,) for a width-1 table.
     Sorting the keys alone (not argsort) is cheap and tells whether any repeat; only
     then are the rows summed, with one ``bincount`` over (row, column) slots.
     """
@@ -178,22 +218,27 @@ def sum_duplicates(keys: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.
     if distinct.all():
         return keys, grads
     rows = sorted_keys[distinct]
-    width = grads.shape[1]
+    width = grads[0].size
     slots = np.searchsorted(rows, keys)
     if width > 1:
         slots = (slots[:, None] * width + np.arange(width)).ravel()
     summed = np.bincount(slots, weights=grads.ravel(), minlength=len(rows) * width)
-    return rows, summed.reshape(len(rows), width).astype(np.float32)
+    return rows, summed.reshape((len(rows),) + grads.shape[1:]).astype(np.float32)
 
 
 def initial_weights(spec: TableSpec) -> np.ndarray:
-    """Zeros, or normal(0, init_scale) from ``seed`` so reruns start from the same point."""
-    shape = (spec.size, spec.width)
+    """Zeros, or normal(0, init_scale) from ``seed`` so reruns start from the same point.
+
+    A shard draws the whole table's stream in blocks and keeps its own rows, so a
+    sharded table starts from exactly the weights a single server would hold.
+    """
     try:
         if spec.initializer == "zeros":
-            return np.zeros(shape, dtype=np.float32)
-        rng = np.random.default_rng(spec.seed)
-        weights = rng.standard_normal(shape, dtype=np.float32)
+            return np.zeros((spec.rows, spec.width), dtype=np.float32)
+        if spec.shards == 1:
+            weights = np.random.default_rng(spec.seed).standard_normal((spec.size, spec.width), dtype=np.float32)
+        else:
+            weights = _sharded_normal(spec)
         weights *= np.float32(spec.init_scale)
         return weights
     except MemoryError:
@@ -201,6 +246,18 @@ def initial_weights(spec: TableSpec) -> np.ndarray:
             f"table {spec.name!r} of {spec.size} x {spec.width} float32 does not fit in the "
             "server's memory; shard it or reduce its size"
         ) from None
+
+
+def _sharded_normal(spec: TableSpec) -> np.ndarray:
+    rng = np.random.default_rng(spec.seed)
+    weights = np.empty((spec.rows, spec.width), dtype=np.float32)
+    block = _INIT_BLOCK_ROWS - _INIT_BLOCK_ROWS % spec.shards  # a multiple of shards keeps the phase
+    for start in range(0, spec.size, block):
+        rows = rng.standard_normal((min(block, spec.size - start), spec.width), dtype=np.float32)
+        mine = rows[spec.shard::spec.shards]
+        first = start // spec.shards
+        weights[first:first + len(mine)] = mine
+    return weights
 
 
 def _check_name(name: Any) -> str:

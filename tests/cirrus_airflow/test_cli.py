@@ -92,3 +92,37 @@ def test_ps_serve_listens_with_a_token(tmp_path):
             PSClient(address, token="wrong").status()
     finally:
         _stop(proc)
+
+
+def test_ps_serve_starts_a_sharded_group_that_checkpoints(tmp_path):
+    import numpy as np
+
+    from ps_service.client import PSClient
+
+    (tmp_path / "token").write_text("s3cret\n")
+    checkpoints = tmp_path / "ckpt"
+    proc, line = _serve("ps", "serve", "--shards", "2", "--token-file", str(tmp_path / "token"),
+                        "--checkpoint-uri", str(checkpoints), "--checkpoint-interval", "30")
+    try:
+        addresses = line.removeprefix("listening on ").split(",")
+        assert line.startswith("listening on ") and len(addresses) == 2
+        with PSClient(",".join(addresses), token="s3cret") as client:
+            client.create_table("w", 5, optimizer="sgd", learning_rate=1.0)
+            client.push("w", [0, 1, 4], [1.0, 2.0, 3.0])
+    finally:
+        _stop(proc)
+    # SIGTERM is a graceful shutdown: each shard wrote its final checkpoint.
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["shard-000-of-002.npz", "shard-001-of-002.npz"]
+    proc, line = _serve("ps", "serve", "--shards", "2", "--token-file", str(tmp_path / "token"),
+                        "--restore", str(checkpoints))
+    try:
+        with PSClient(line.removeprefix("listening on "), token="s3cret") as client:
+            np.testing.assert_array_equal(client.get_table("w")[:, 0], [-1, -2, 0, 0, -3])
+    finally:
+        _stop(proc)
+
+
+def test_ps_serve_refuses_a_missing_checkpoint_in_one_line(tmp_path):
+    out = _run("ps", "serve", "--restore", str(tmp_path / "nothing-here"), check=False)
+    assert out.returncode == 1
+    assert "nothing-here" in out.stderr and "Traceback" not in out.stderr

@@ -63,6 +63,17 @@ def test_training_beats_the_base_rate_and_leaves_a_model(shards, tmp_path):
     assert json.dumps(summary)  # XCom-able: plain JSON
 
 
+def test_training_runs_on_a_sharded_parameter_server_with_adam(shards, tmp_path, inline_executor):
+    data, prep = shards
+    job = TrainingJob(TrainConfig(data=str(data), output=str(tmp_path / "run"), workers=2, epochs=1,
+                                  optimizer="adam", learning_rate=0.01, ps_shards=2, poll_interval_s=0.2),
+                      storage=Storage(), executor=inline_executor)
+    summary = job.run()
+    assert summary["examples"] == prep["train_rows"]
+    assert summary["test_auc"] > 0.68
+    assert not [c for c in _children() if "ps_service" in c]  # both shard processes stopped
+
+
 def test_workers_hand_over_before_the_lambda_time_limit(shards, tmp_path):
     data, prep = shards
     # Invocations may work for 0.5 s each; the run needs several seconds of work.

@@ -110,3 +110,25 @@ def test_positions_cover_every_minibatch_once_from_any_start(tmp_path):
     # Resuming from the position after any batch gives exactly the rest.
     for cut in (1, 7, len(full) // 2, len(full) - 1):
         assert run(full[cut - 1][0]) == full[cut:]
+
+
+def test_a_duplicated_invocation_is_refused_and_does_no_work(tmp_path, server):
+    units = _shards(tmp_path, n_shards=1, rows=100)
+    with PSClient(server.address, token="t0ken") as client:
+        client.create_table("w", size=DIM + 1, optimizer="sgd", learning_rate=0.5)
+        first = worker_task(_event(server, units, epochs=1), None)
+        weights = client.get_table("w")
+        # Lambda delivers the same event again after the first finished: nothing is pushed twice.
+        again = worker_task(_event(server, units, epochs=1), None)
+        assert first["status"] == "done" and first["updates"] == 5
+        assert again["status"] == "rejected" and again["updates"] == 0
+        assert "already finished" in again["reason"]
+        np.testing.assert_array_equal(client.get_table("w"), weights)
+        assert client.status()["tables"]["w"]["updates"] == 5
+        # A worker that handed over leaves its slot to the next generation only.
+        handed = worker_task(_event(server, units, worker_id=1, epochs=2), _Clock(calls=3))
+        assert handed["status"] == "handover"
+        assert worker_task(_event(server, units, worker_id=1, epochs=2, resume=handed["resume"]),
+                           None)["status"] == "rejected"
+        assert worker_task(_event(server, units, worker_id=1, epochs=2, resume=handed["resume"], generation=1),
+                           None)["status"] == "done"

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ps_service.__main__ import main
+from ps_service.serve import main
 from ps_service.client import PSClient
 from ps_service.errors import PSAuthError
 from ps_service.launcher import start_local_server
