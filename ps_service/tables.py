@@ -209,21 +209,19 @@ def sum_duplicates(keys: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.
 
     ``grads`` has one row per key: shape (n, width), or (n,) for a width-1 table.
     Sorting the keys alone (not argsort) is cheap and tells whether any repeat; only
-    then are the rows summed, with one ``bincount`` over (row, column) slots.
+    then are they argsorted and each run of equal keys summed with ``reduceat``, which
+    avoids ``searchsorted`` with unsorted needles (slow in numpy).
     """
     sorted_keys = np.sort(keys)
-    distinct = np.empty(len(keys), dtype=bool)
-    distinct[:1] = True
-    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=distinct[1:])
-    if distinct.all():
+    if not len(keys) or (sorted_keys[1:] != sorted_keys[:-1]).all():
         return keys, grads
-    rows = sorted_keys[distinct]
-    width = grads[0].size
-    slots = np.searchsorted(rows, keys)
-    if width > 1:
-        slots = (slots[:, None] * width + np.arange(width)).ravel()
-    summed = np.bincount(slots, weights=grads.ravel(), minlength=len(rows) * width)
-    return rows, summed.reshape((len(rows),) + grads.shape[1:]).astype(np.float32)
+    # Stable, and summed in float64: a key's rows add up in the order they were sent, so
+    # a sharded group (which keeps that order per shard) gets the same bits as one server.
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
+    summed = np.add.reduceat(grads[order].astype(np.float64), starts, axis=0)
+    return sorted_keys[starts], summed.astype(np.float32)
 
 
 def initial_weights(spec: TableSpec) -> np.ndarray:

@@ -9,8 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +26,6 @@ pytestmark = pytest.mark.timeout(60)
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 23
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = 15.0) -> Any:
-    give_up = time.monotonic() + timeout_s
-    while not (result := condition()):
-        assert time.monotonic() < give_up, f"gave up waiting for {what}"
-        time.sleep(0.02)
-    return result
-
-
-@contextmanager
-def group(shards: int = 1, **options: Any) -> Iterator[str]:
-    servers = [ParameterServer(shard=index, shards=shards, **options) for index in range(shards)]
-    try:
-        yield ",".join(server.start_in_thread() for server in servers)
-    finally:
-        for server in servers:
-            server.stop_thread()
 
 
 def shard_documents(status: dict[str, Any]) -> list[dict[str, Any]]:
@@ -81,7 +62,7 @@ def table_updates(status: dict[str, Any]) -> dict[str, int]:
 
 @pytest.mark.parametrize("optimizer", ["adam", "momentum", "adagrad"])
 @pytest.mark.parametrize("shards", [1, 2])
-def test_periodic_checkpoint_restores_weights_slots_counts_and_reports(tmp_path, optimizer, shards):
+def test_periodic_checkpoint_restores_weights_slots_counts_and_reports(tmp_path, optimizer, shards, group, wait_for):
     uri = str(tmp_path / "ckpt")
     with group(shards, checkpoint_uri=uri, checkpoint_interval_s=0.1) as address, PSClient(address) as original:
         create_tables(original, optimizer)
@@ -122,7 +103,7 @@ def uninterrupted(optimizer: str, steps: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "momentum"])
-def test_graceful_shutdown_writes_a_final_checkpoint_with_the_last_pushes(tmp_path, optimizer):
+def test_graceful_shutdown_writes_a_final_checkpoint_with_the_last_pushes(tmp_path, optimizer, group):
     uri = str(tmp_path / "ckpt")
     with group(checkpoint_uri=uri, checkpoint_interval_s=60) as address, PSClient(address) as client:
         create_tables(client, optimizer)
@@ -139,7 +120,8 @@ def test_graceful_shutdown_writes_a_final_checkpoint_with_the_last_pushes(tmp_pa
         np.testing.assert_array_equal(client.get_table("model"), uninterrupted(optimizer, 9))
 
 
-def test_reports_and_finished_workers_after_the_last_periodic_checkpoint_are_kept_at_shutdown(tmp_path):
+def test_reports_and_finished_workers_after_the_last_periodic_checkpoint_are_kept_at_shutdown(tmp_path, group,
+                                                                                               wait_for):
     """Neither is a push, but both are part of a checkpoint: a graceful stop must not drop them."""
     uri = str(tmp_path / "ckpt")
     with group(checkpoint_uri=uri, checkpoint_interval_s=0.1) as address, PSClient(address) as client:
@@ -169,7 +151,7 @@ def test_reports_and_finished_workers_after_the_last_periodic_checkpoint_are_kep
     assert written >= 2
 
 
-def test_a_write_in_flight_at_shutdown_cannot_overwrite_the_final_checkpoint(tmp_path, monkeypatch):
+def test_a_write_in_flight_at_shutdown_cannot_overwrite_the_final_checkpoint(tmp_path, monkeypatch, group):
     """The periodic write of an older snapshot is slow and still running when the server
     stops; the final checkpoint (with the last push) must be what stays on storage."""
     uri = str(tmp_path / "ckpt")
@@ -198,7 +180,7 @@ def test_a_write_in_flight_at_shutdown_cannot_overwrite_the_final_checkpoint(tmp
     assert checkpoint.read(uri, 0, 1).updates == 2
 
 
-def test_kill_minus_nine_between_checkpoints_loses_at_most_one_interval(tmp_path):
+def test_kill_minus_nine_between_checkpoints_loses_at_most_one_interval(tmp_path, wait_for):
     uri = str(tmp_path / "ckpt")
     caught_up, more = 20, 30
     server = start_local_server(token="t", checkpoint_uri=uri, checkpoint_interval_s=0.3)
@@ -246,7 +228,7 @@ def moto_s3(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("shards", [1, 2])
-def test_checkpoint_to_s3_and_restore_from_it(moto_s3, shards):
+def test_checkpoint_to_s3_and_restore_from_it(moto_s3, shards, group, wait_for):
     uri = f"s3://bucket/runs/{shards}/ckpt"  # moto's state outlives its server: one prefix per case
     with group(shards, checkpoint_uri=uri, checkpoint_interval_s=0.1) as address, PSClient(address) as client:
         create_tables(client, "adam")
@@ -266,7 +248,7 @@ def test_checkpoint_to_s3_and_restore_from_it(moto_s3, shards):
 
 
 @pytest.fixture
-def written_checkpoint(tmp_path) -> str:
+def written_checkpoint(tmp_path, group) -> str:
     uri = str(tmp_path / "ckpt")
     with group(checkpoint_uri=uri) as address, PSClient(address) as client:
         create_tables(client, "adam")
@@ -349,7 +331,7 @@ def test_a_server_that_changed_nothing_leaves_the_checkpoint_alone(written_check
     assert checkpoint.read(written_checkpoint, 0, 1).updates == 1
 
 
-def test_a_failing_checkpoint_is_shown_in_status_and_the_server_keeps_serving(tmp_path):
+def test_a_failing_checkpoint_is_shown_in_status_and_the_server_keeps_serving(tmp_path, group, wait_for):
     blocker = tmp_path / "a-file"
     blocker.write_text("checkpoints cannot go under a file")
     uri = str(blocker / "ckpt")

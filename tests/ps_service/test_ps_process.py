@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import selectors
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +23,6 @@ pytestmark = pytest.mark.timeout(60)
 REPO = Path(__file__).resolve().parents[2]
 
 
-def read_line(process: subprocess.Popen, timeout_s: float = 20.0) -> str:
-    """The next stdout line, failing the test (not hanging it) if none comes."""
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        assert selector.select(timeout_s), f"no output within {timeout_s} s"
-    return process.stdout.readline()
-
-
 def spawn(*args: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "ps_service", *args],
@@ -40,25 +30,7 @@ def spawn(*args: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
     )
 
 
-def running(pid: int) -> bool:
-    """Whether ``pid`` still runs; a zombie nobody reaps (an orphan under a container's init) has ended."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def wait_until_gone(pid: int, timeout_s: float = 10.0) -> bool:
-    give_up = time.monotonic() + timeout_s
-    while running(pid):
-        if time.monotonic() > give_up:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def test_module_prints_the_listening_line_and_exits_on_sigterm():
+def test_module_prints_the_listening_line_and_exits_on_sigterm(read_line):
     process = spawn("--port", "0")
     try:
         line = read_line(process)
@@ -73,7 +45,7 @@ def test_module_prints_the_listening_line_and_exits_on_sigterm():
         process.wait()
 
 
-def test_module_exits_cleanly_on_a_shutdown_request(tmp_path):
+def test_module_exits_cleanly_on_a_shutdown_request(tmp_path, read_line):
     token_file = tmp_path / "token"
     token_file.write_text("abc\n")
     process = spawn("--token-file", str(token_file))
@@ -87,7 +59,7 @@ def test_module_exits_cleanly_on_a_shutdown_request(tmp_path):
         process.wait()
 
 
-def test_module_shuts_down_when_its_lifeline_closes():
+def test_module_shuts_down_when_its_lifeline_closes(read_line):
     child_end, lifeline = os.pipe()
     process = spawn("--lifeline-fd", str(child_end), pass_fds=(child_end,))
     os.close(child_end)
@@ -108,7 +80,7 @@ def test_main_refuses_a_lifeline_that_is_not_open(capsys):
     assert f"--lifeline-fd {closed_fd} is not an open file descriptor" in capsys.readouterr().err
 
 
-def test_local_server_dies_with_the_process_that_started_it():
+def test_local_server_dies_with_the_process_that_started_it(read_line, running, wait_until_gone):
     """SIGKILL gives the starter no chance to stop its server: the lifeline must end it."""
     starter = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import time
@@ -123,7 +95,7 @@ def test_local_server_dies_with_the_process_that_started_it():
         starter.kill()
         starter.wait()
     try:
-        assert wait_until_gone(server_pid), "the parameter server outlived the process that started it"
+        assert wait_until_gone(server_pid, timeout_s=10.0), "the parameter server outlived the process that started it"
     finally:
         if running(server_pid):
             os.kill(server_pid, signal.SIGKILL)

@@ -14,7 +14,6 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -43,19 +42,6 @@ pytestmark = pytest.mark.timeout(60)
 TOKEN = "robustness-token"
 
 
-def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = 15.0) -> Any:
-    give_up = time.monotonic() + timeout_s
-    while not (result := condition()):
-        assert time.monotonic() < give_up, f"gave up waiting for {what}"
-        time.sleep(0.02)
-    return result
-
-
-def connect_raw(address: str, timeout_s: float = 10.0) -> socket.socket:
-    host, port = address.rsplit(":", 1)
-    return socket.create_connection((host, int(port)), timeout=timeout_s)
-
-
 def receive_all(sock: socket.socket) -> bytes:
     """Everything the server sends until it closes the connection (or goes quiet for the timeout)."""
     data = bytearray()
@@ -67,15 +53,6 @@ def receive_all(sock: socket.socket) -> bytes:
         if not chunk:
             return bytes(data)
         data += chunk
-
-
-def receive_exactly(sock: socket.socket, count: int) -> bytes:
-    data = bytearray()
-    while len(data) < count:
-        chunk = sock.recv(count - len(data))
-        assert chunk, "the server closed the connection in the middle of a frame"
-        data += chunk
-    return bytes(data)
 
 
 def split_frames(data: bytes) -> list[tuple[FrameHeader, bytes]]:
@@ -92,18 +69,23 @@ def split_frames(data: bytes) -> list[tuple[FrameHeader, bytes]]:
     return frames
 
 
-def authenticated_socket(address: str, token: str | None = TOKEN) -> socket.socket:
-    """A raw connection past the handshake, the HMAC done by hand."""
-    sock = connect_raw(address)
-    header = HEADER.unpack(receive_exactly(sock, HEADER_SIZE))
-    nonce = receive_exactly(sock, header[6])
-    assert header[2] == Opcode.HELLO
-    if token is not None:
-        assert len(nonce) == NONCE_BYTES
-        sock.sendall(encode_header(Opcode.AUTH, 1, 32) + sign(token, nonce))
-        reply = HEADER.unpack(receive_exactly(sock, HEADER_SIZE))
-        assert reply[4] == Status.OK and reply[6] == 0
-    return sock
+@pytest.fixture
+def authenticated_socket(connect_raw, receive_exactly) -> Callable[..., socket.socket]:
+    """``authenticated_socket(address, token=TOKEN)``: a raw connection past the handshake, the HMAC done by hand."""
+
+    def open_socket(address: str, token: str | None = TOKEN) -> socket.socket:
+        sock = connect_raw(address)
+        header = HEADER.unpack(receive_exactly(sock, HEADER_SIZE))
+        nonce = receive_exactly(sock, header[6])
+        assert header[2] == Opcode.HELLO
+        if token is not None:
+            assert len(nonce) == NONCE_BYTES
+            sock.sendall(encode_header(Opcode.AUTH, 1, 32) + sign(token, nonce))
+            reply = HEADER.unpack(receive_exactly(sock, HEADER_SIZE))
+            assert reply[4] == Status.OK and reply[6] == 0
+        return sock
+
+    return open_socket
 
 
 # Refused authentication -------------------------------------------------------------------
@@ -139,7 +121,7 @@ ATTACKS: dict[str, Callable[[bytes], bytes]] = {
 
 
 @pytest.mark.parametrize("attack", list(ATTACKS), ids=list(ATTACKS))
-def test_refused_authentication_sends_only_the_greeting_and_a_refusal(secured, attack):
+def test_refused_authentication_sends_only_the_greeting_and_a_refusal(secured, attack, connect_raw, receive_exactly):
     with PSClient(secured.address, token=TOKEN) as admin:
         before = admin.status()
     with connect_raw(secured.address) as sock:
@@ -283,7 +265,8 @@ def fuzz_server() -> Iterator[ParameterServer]:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # flipped bytes make huge gradients
-def test_a_fuzzed_stream_of_malformed_frames_leaves_the_server_answering_correctly(fuzz_server, seed, caplog):
+def test_a_fuzzed_stream_of_malformed_frames_leaves_the_server_answering_correctly(fuzz_server, seed, caplog,
+                                                                                   authenticated_socket):
     caplog.set_level(logging.WARNING, logger="ps_service")
     rng = np.random.default_rng(seed)
     expected_reference = np.zeros((6, 1), dtype=np.float32)
@@ -330,7 +313,7 @@ def test_a_fuzzed_stream_of_malformed_frames_leaves_the_server_answering_correct
 
 # Idle and stalled connections ------------------------------------------------------------------
 
-def test_an_idle_connection_is_closed_while_an_active_client_keeps_working():
+def test_an_idle_connection_is_closed_while_an_active_client_keeps_working(authenticated_socket, wait_for):
     with ParameterServer(token=TOKEN, idle_timeout_s=0.5) as server:
         with PSClient(server.address, token=TOKEN) as active, PSClient(server.address, token=TOKEN) as quiet:
             active.create_table("w", 4, learning_rate=1.0)
@@ -358,7 +341,7 @@ def test_an_idle_connection_is_closed_while_an_active_client_keeps_working():
                 quiet.status()
 
 
-def test_a_client_that_stops_reading_does_not_block_other_clients():
+def test_a_client_that_stops_reading_does_not_block_other_clients(connect_raw, receive_exactly, wait_for):
     with ParameterServer() as server, PSClient(server.address) as admin:
         admin.create_table("big", 2_000_000)
         admin.create_table("w", 8, learning_rate=1.0)

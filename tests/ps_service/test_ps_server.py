@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -66,12 +67,17 @@ def read_frame(sock: socket.socket) -> tuple:
     return header, body
 
 
-def raw_connection(address: str) -> socket.socket:
-    host, port = address.rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=10)
-    hello, _nonce = read_frame(sock)
-    assert hello.opcode == Opcode.HELLO
-    return sock
+@pytest.fixture
+def raw_connection(connect_raw) -> Callable[[str], socket.socket]:
+    """``raw_connection(address)``: a raw socket that has read the server's HELLO (and sent no token)."""
+
+    def open_connection(address: str) -> socket.socket:
+        sock = connect_raw(address)
+        hello, _nonce = read_frame(sock)
+        assert hello.opcode == Opcode.HELLO
+        return sock
+
+    return open_connection
 
 
 def test_pull_push_and_push_pull(client):
@@ -162,7 +168,7 @@ def test_missing_token_is_refused_by_the_client_before_sending(secured):
         PSClient(secured.address)
 
 
-def test_a_peer_that_skips_authentication_gets_a_refusal_and_no_data(secured):
+def test_a_peer_that_skips_authentication_gets_a_refusal_and_no_data(secured, raw_connection):
     with PSClient(secured.address, token=TOKEN) as admin:
         admin.create_table("w", 4, initializer="normal", seed=1)
     with raw_connection(secured.address) as sock:
@@ -174,16 +180,7 @@ def test_a_peer_that_skips_authentication_gets_a_refusal_and_no_data(secured):
         assert read_frame(sock) is None
 
 
-def receive_exactly(sock: socket.socket, count: int) -> bytes:
-    data = b""
-    while len(data) < count:
-        chunk = sock.recv(count - len(data))
-        assert chunk, "the client closed the connection early"
-        data += chunk
-    return data
-
-
-def test_token_never_crosses_the_wire():
+def test_token_never_crosses_the_wire(receive_exactly):
     """A fake server records every byte the client sends while it authenticates."""
     nonce = bytes(range(32))
     captured = bytearray()
@@ -283,7 +280,7 @@ def test_concurrent_pushes_from_several_threads_all_land(server):
         assert admin.status()["updates"] == threads * pushes
 
 
-def test_bad_version_frame_gets_an_error_and_the_server_keeps_serving(server, client):
+def test_bad_version_frame_gets_an_error_and_the_server_keeps_serving(server, client, raw_connection):
     with raw_connection(server.address) as sock:
         sock.sendall(HEADER.pack(MAGIC, 99, Opcode.STATUS, 0, 0, 7, 0))
         reply, message = read_frame(sock)
@@ -294,7 +291,7 @@ def test_bad_version_frame_gets_an_error_and_the_server_keeps_serving(server, cl
     assert client.status()["errors"] == 1
 
 
-def test_oversized_frame_is_refused_without_reading_its_body():
+def test_oversized_frame_is_refused_without_reading_its_body(raw_connection):
     with ParameterServer(max_frame_bytes=1024) as server:
         with raw_connection(server.address) as sock:
             sock.sendall(encode_header(Opcode.PUSH, 3, 10_000))
@@ -314,12 +311,11 @@ def test_reply_over_the_clients_own_limit_says_it_is_the_clients(server, client)
     assert "server" not in str(refused.value)
 
 
-def stall_a_big_reply(address: str) -> socket.socket:
+def stall_a_big_reply(address: str, connect_raw: Callable[[str], socket.socket]) -> socket.socket:
     """A client that asks for a large table several times and never reads: the server's writes back up."""
     with PSClient(address) as admin:
         admin.create_table("big", 4_000_000)
-    host, port = address.rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock = connect_raw(address)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     read_frame(sock)  # HELLO
     body = b"".join(encode_table_request("big"))
@@ -334,10 +330,10 @@ def stall_a_big_reply(address: str) -> socket.socket:
 
 
 @pytest.mark.parametrize("how", ["stop_thread", "shutdown request"])
-def test_a_client_that_stops_reading_cannot_keep_the_server_running(how):
+def test_a_client_that_stops_reading_cannot_keep_the_server_running(how, connect_raw):
     server = ParameterServer()
     server.start_in_thread()
-    stalled = stall_a_big_reply(server.address)
+    stalled = stall_a_big_reply(server.address, connect_raw)
     try:
         if how == "shutdown request":
             PSClient(server.address).shutdown()
@@ -368,7 +364,7 @@ def test_connection_refused_names_the_address_and_what_to_check():
         PSClient(f"127.0.0.1:{port}", timeout=2)
 
 
-def test_reply_stop_bit_is_in_the_header_flags(server, client):
+def test_reply_stop_bit_is_in_the_header_flags(server, client, raw_connection):
     client.create_table("w", 2)
     client.stop("w")
     with raw_connection(server.address) as sock:

@@ -4,13 +4,9 @@ server, and groups started as processes (``start_local_server(shards=)``, ``--sh
 from __future__ import annotations
 
 import os
-import selectors
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +34,6 @@ TABLES: list[tuple[str, int, int, dict[str, Any]]] = [
     ("momentum", 5, 2, {"optimizer": "momentum", "learning_rate": 0.3, "initializer": "normal",
                         "init_scale": 1.0, "seed": 1}),
 ]
-
-
-@contextmanager
-def group(shards: int, **options: Any) -> Iterator[tuple[str, list[ParameterServer]]]:
-    """``shards`` in-thread servers forming one group, and the group's address."""
-    servers = [ParameterServer(shard=index, shards=shards, **options) for index in range(shards)]
-    try:
-        yield ",".join(server.start_in_thread() for server in servers), servers
-    finally:
-        for server in servers:
-            server.stop_thread()
 
 
 def shard_documents(status: dict[str, Any]) -> list[dict[str, Any]]:
@@ -101,9 +86,9 @@ def single_server_answers() -> tuple[list[Any], dict[str, Any]]:
 
 
 @pytest.mark.parametrize("shards", [2, 3])
-def test_group_answers_exactly_like_a_single_server(shards, single_server_answers):
+def test_group_answers_exactly_like_a_single_server(shards, single_server_answers, group):
     expected, single_status = single_server_answers
-    with group(shards) as (address, _servers), PSClient(address) as client:
+    with group(shards) as address, PSClient(address) as client:
         assert client.shards == shards
         assert_same_answers(run_sequence(client), expected)
         status = client.status()
@@ -128,15 +113,15 @@ def local_rows_of(get_table: np.ndarray, shard: int, shards: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("shards", [2, 3])
-def test_each_shard_holds_the_keys_congruent_to_its_index(shards):
-    with group(shards) as (address, servers), PSClient(address) as client:
+def test_each_shard_holds_the_keys_congruent_to_its_index(shards, group):
+    with group(shards) as address, PSClient(address) as client:
         client.create_table("w", 10, width=2, learning_rate=1.0)
         keys = np.arange(10)
         client.push("w", keys, -np.stack([keys, keys], axis=1).astype(np.float32))
         whole = client.get_table("w")
         np.testing.assert_array_equal(whole[:, 0], keys)
-        for shard, server in enumerate(servers):
-            with PSClient(server.address) as member:
+        for shard, member_address in enumerate(address.split(",")):
+            with PSClient(member_address) as member:
                 # a member's own table, read through a one-address client, is its local rows
                 np.testing.assert_array_equal(member.get_table("w"), local_rows_of(whole, shard, shards))
 
@@ -145,11 +130,11 @@ def test_each_shard_holds_the_keys_congruent_to_its_index(shards):
 @pytest.mark.parametrize("operation", ["push", "push_pull next key", "pull"])
 @pytest.mark.parametrize("bad_key", [-1, "size", "size+4", 2**40])
 @pytest.mark.parametrize("caller", ["creator", "worker"])
-def test_out_of_range_key_names_the_global_key_and_changes_no_shard(shards, operation, bad_key, caller):
+def test_out_of_range_key_names_the_global_key_and_changes_no_shard(shards, operation, bad_key, caller, group):
     """``worker`` is a client that never created the table, as a Lambda worker is."""
     size = 11
     key = {"size": size, "size+4": size + 4}.get(bad_key, bad_key)
-    with group(shards) as (address, _servers), PSClient(address) as client:
+    with group(shards) as address, PSClient(address) as client:
         client.create_table("w", size, width=2, optimizer="adam", initializer="normal", seed=4)
         client.push("w", [0, 1, 2], np.ones((3, 2), dtype=np.float32))
         before, updates_before = client.get_table("w"), client.status()["updates"]
@@ -198,11 +183,11 @@ def refusal(address: str, request: Any) -> tuple[str, np.ndarray, list[int]]:
 
 @pytest.mark.parametrize("shards", [2, 3])
 @pytest.mark.parametrize("case", list(REFUSED), ids=list(REFUSED))
-def test_a_request_one_shard_would_refuse_is_refused_whole_with_the_single_servers_message(shards, case):
+def test_a_request_one_shard_would_refuse_is_refused_whole_with_the_single_servers_message(shards, case, group):
     with ParameterServer() as single:
         message, table, updates = refusal(single.address, REFUSED[case])
     assert "nothing was applied" in message or "set_table sent" in message
-    with group(shards) as (address, _servers):
+    with group(shards) as address:
         group_message, group_table, group_updates = refusal(address, REFUSED[case])
     assert group_message == message
     np.testing.assert_array_equal(group_table, table)
@@ -210,9 +195,9 @@ def test_a_request_one_shard_would_refuse_is_refused_whole_with_the_single_serve
 
 
 @pytest.mark.parametrize("member", [0, -1])
-def test_a_one_address_client_of_a_group_member_is_refused_clearly(member):
-    with group(3) as (address, servers):
-        with PSClient(servers[member].address) as client:
+def test_a_one_address_client_of_a_group_member_is_refused_clearly(member, group):
+    with group(3) as address:
+        with PSClient(address.split(",")[member]) as client:
             index = member % 3
             with pytest.raises(PSError, match=rf"this server is shard {index} of 3, but the client addressed "
                                               r"it as shard 0 of 1 when creating table 'w'.*every address"):
@@ -221,8 +206,8 @@ def test_a_one_address_client_of_a_group_member_is_refused_clearly(member):
             assert whole.create_table("w", 10)["created"]
 
 
-def test_group_clients_see_the_same_table_however_often_it_is_created():
-    with group(2) as (address, _servers), PSClient(address) as first, PSClient(address) as second:
+def test_group_clients_see_the_same_table_however_often_it_is_created(group):
+    with group(2) as address, PSClient(address) as first, PSClient(address) as second:
         assert first.create_table("w", 5, optimizer="adagrad")["created"]
         assert not second.create_table("w", 5, optimizer="adagrad")["created"]
         with pytest.raises(PSError, match="already exists with a different spec"):
@@ -231,7 +216,7 @@ def test_group_clients_see_the_same_table_however_often_it_is_created():
         np.testing.assert_array_equal(second.pull("w", [3, 4]), first.pull("w", [3, 4]))
 
 
-def test_local_server_group_serves_end_to_end(single_server_answers):
+def test_local_server_group_serves_end_to_end(single_server_answers, running):
     expected, _single_status = single_server_answers
     with start_local_server(shards=2, token="group-token") as server:
         assert len(server.pids) == 2 and len(set(server.pids)) == 2
@@ -245,41 +230,17 @@ def test_local_server_group_serves_end_to_end(single_server_answers):
         assert not running(pid)
 
 
-def running(pid: int) -> bool:
-    """Whether ``pid`` still runs; a zombie nobody reaps has ended."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def wait_until_gone(pid: int, timeout_s: float = 15.0) -> bool:
-    give_up = time.monotonic() + timeout_s
-    while running(pid):
-        if time.monotonic() > give_up:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def children(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def read_line(process: subprocess.Popen, timeout_s: float = 30.0) -> str:
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        assert selector.select(timeout_s), f"no output within {timeout_s} s"
-    return process.stdout.readline()
-
-
-def test_module_with_shards_prints_one_group_address_and_stops_every_shard_on_sigterm():
+def test_module_with_shards_prints_one_group_address_and_stops_every_shard_on_sigterm(read_line, running,
+                                                                                     wait_until_gone):
     process = subprocess.Popen([sys.executable, "-m", "ps_service", "--shards", "2", "--port", "0"],
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     shard_pids: list[int] = []
     try:
-        line = read_line(process)
+        line = read_line(process, timeout_s=30.0)
         assert line.startswith("listening on ")
         address = line.removeprefix("listening on ").strip()
         assert len(address.split(",")) == 2

@@ -6,7 +6,6 @@ from __future__ import annotations
 import multiprocessing
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ import pytest
 from ps_service.client import PSClient
 from ps_service.errors import PSError
 from ps_service.launcher import start_local_server
-from ps_service.server import ParameterServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,30 +22,12 @@ REPO = Path(__file__).resolve().parents[2]
 RUN = "run-7"
 
 
-def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = 15.0) -> Any:
-    give_up = time.monotonic() + timeout_s
-    while not (result := condition()):
-        assert time.monotonic() < give_up, f"gave up waiting for {what}"
-        time.sleep(0.02)
-    return result
-
-
-@contextmanager
-def group(shards: int = 1, **options: Any) -> Iterator[str]:
-    servers = [ParameterServer(shard=index, shards=shards, **options) for index in range(shards)]
-    try:
-        yield ",".join(server.start_in_thread() for server in servers)
-    finally:
-        for server in servers:
-            server.stop_thread()
-
-
 @pytest.fixture
-def address() -> Iterator[str]:
-    with group() as running:
-        with PSClient(running) as admin:
+def address(group) -> Iterator[str]:
+    with group() as started:
+        with PSClient(started) as admin:
             admin.create_table("w", 10, learning_rate=1.0)
-        yield running
+        yield started
 
 
 @pytest.fixture
@@ -139,7 +119,7 @@ def test_a_handover_admits_the_next_generation_only(connect):
     assert worker_states(successor) == [(5, "active")]
 
 
-def test_after_the_holder_disconnects_the_same_generation_may_retry(connect):
+def test_after_the_holder_disconnects_the_same_generation_may_retry(connect, wait_for):
     crashed, admin = connect(), connect()
     crashed.register(RUN, "w-0", 0)
     crashed.close()
@@ -151,7 +131,7 @@ def test_after_the_holder_disconnects_the_same_generation_may_retry(connect):
     assert worker_states(admin) == [(0, "active")]
 
 
-def test_heartbeats_keep_a_slot_and_their_expiry_frees_it():
+def test_heartbeats_keep_a_slot_and_their_expiry_frees_it(group, wait_for):
     with group(heartbeat_timeout_s=0.4) as address:
         with PSClient(address) as holder, PSClient(address) as admin:
             admin.create_table("w", 4)
@@ -214,7 +194,7 @@ def test_bad_registrations_are_refused(connect, run, worker, generation, message
         connect().register(run, worker, generation)
 
 
-def test_a_group_client_registers_on_every_shard():
+def test_a_group_client_registers_on_every_shard(group):
     with group(2) as address, PSClient(address) as worker, PSClient(address) as admin:
         admin.create_table("w", 5)
         worker.register(RUN, "w-0", 0)
@@ -261,7 +241,7 @@ def push_from_process(address: str, token: str, worker: int, start: Any) -> None
 
 
 @pytest.mark.parametrize("shards", [1, 2])
-def test_concurrent_pushes_from_several_processes_lose_no_update(shards, monkeypatch):
+def test_concurrent_pushes_from_several_processes_lose_no_update(shards, monkeypatch, wait_for):
     monkeypatch.syspath_prepend(str(REPO))  # so the spawned processes can import this module
     context = multiprocessing.get_context("spawn")
     expected = np.zeros(TABLE_SIZE)
