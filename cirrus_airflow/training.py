@@ -173,6 +173,7 @@ class TrainingJob:
                 outcome = self._train(client, base_event, _partition(units, workers), started)
                 train_seconds = time.time() - started
                 weights = _fetch_weights(client, self.table, manifest.feature_dim + 1)
+                client.drop_table(self.table)  # a shared server must not keep every run's table
             finally:
                 self._server = None
         model_uri = join(output, "model")

@@ -33,7 +33,7 @@ offset bytes field
 ====== ===== ================================================================
 
 Opcodes: 1 HELLO, 2 AUTH, 16 CREATE_TABLE, 17 PULL, 18 PUSH, 19 PUSH_PULL,
-20 GET_TABLE, 21 SET_TABLE, 32 REPORT, 33 STATUS, 34 STOP, 35 SHUTDOWN,
+20 GET_TABLE, 21 SET_TABLE, 22 DROP_TABLE, 32 REPORT, 33 STATUS, 34 STOP, 35 SHUTDOWN,
 36 REGISTER, 37 HEARTBEAT, 38 DEREGISTER.
 
 Handshake: on connect the server sends HELLO whose body is empty (no token needed)
@@ -46,7 +46,7 @@ uint32 rows, uint32 width, uint32 next_count``, then the UTF-8 table name, keys
 (``rows`` keys), values (``rows x width`` float32, row-major) and next keys
 (``next_count`` keys, PUSH_PULL only), each section zero-padded to 8 bytes so every
 array is aligned and can be viewed in place. PULL sends keys; PUSH keys and values;
-PUSH_PULL all three; GET_TABLE only the name; SET_TABLE the name and values.
+PUSH_PULL all three; GET_TABLE and DROP_TABLE only the name; SET_TABLE the name and values.
 Array replies (PULL, PUSH_PULL, GET_TABLE): ``uint32 rows, uint32 width`` then
 ``rows x width`` float32. Control operations (CREATE_TABLE, REPORT, STATUS, STOP,
 REGISTER, DEREGISTER) carry small JSON objects; replies with nothing to return have

@@ -169,6 +169,12 @@ class PSClient:
                  for shard in range(self._shards)]
         self._scatter(Opcode.SET_TABLE, parts)
 
+    def drop_table(self, name: str) -> None:
+        """Delete the table on every shard, once its weights are saved: a long-lived server
+        shared by many runs would otherwise keep every run's table."""
+        self._scatter(Opcode.DROP_TABLE, [encode_table_request(name)] * self._shards)
+        self._shapes.pop(name, None)
+
     def report(self, name: str, metric: str, value: float, count: int = 1, worker: str | int | None = None) -> None:
         """Record a metric (e.g. ``train_loss`` averaged over ``count`` examples) for table ``name``.
 

@@ -48,6 +48,7 @@ class Opcode(IntEnum):
     PUSH_PULL = 19
     GET_TABLE = 20
     SET_TABLE = 21
+    DROP_TABLE = 22
     REPORT = 32
     STATUS = 33
     STOP = 34

@@ -162,6 +162,7 @@ class ParameterServer:
             Opcode.PUSH_PULL: self._push_pull,
             Opcode.GET_TABLE: self._get_table,
             Opcode.SET_TABLE: self._set_table,
+            Opcode.DROP_TABLE: self._drop_table,
             Opcode.REPORT: self._report,
             Opcode.STATUS: self._status,
             Opcode.STOP: self._stop,
@@ -479,6 +480,13 @@ class ParameterServer:
         values = self._store.table(request.table).get()
         self._traffic.keys_out += len(values)
         return encode_array(values), request.table
+
+    def _drop_table(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
+        request = self._table_request(body, "drop_table")
+        self._store.drop(request.table)
+        self._changes += 1
+        log.info("dropped table %r", request.table)
+        return [], None
 
     def _set_table(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
         request = self._table_request(body, "set_table", "values")

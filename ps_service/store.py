@@ -52,6 +52,11 @@ class TableStore:
             raise PSError(f"no table named {name!r} (tables: {known}); create_table it first")
         return table
 
+    def drop(self, name: str) -> None:
+        """Free a finished run's table; its memory and its place in checkpoints go with it."""
+        self.table(name)
+        del self._tables[name]
+
     def stop(self, name: str | None) -> None:
         if name is None:
             self.stop_all = True

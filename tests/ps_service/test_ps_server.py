@@ -107,6 +107,19 @@ def test_get_and_set_whole_table(client):
         client.set_table("mf", values[:4])
 
 
+def test_drop_table_frees_the_name_for_a_new_table(client):
+    client.create_table("run-1", 5, optimizer="sgd", learning_rate=1.0)
+    client.push("run-1", [2], [1.0])
+    client.drop_table("run-1")
+    assert "run-1" not in client.status()["tables"]
+    with pytest.raises(PSError, match="no table named 'run-1'"):
+        client.pull("run-1", [2])
+    with pytest.raises(PSError, match="no table named 'run-1'"):
+        client.drop_table("run-1")
+    client.create_table("run-1", 5, width=2)  # another spec under the same name is a new table
+    assert not client.get_table("run-1").any()
+
+
 def test_seeded_normal_tables_are_reproducible_across_servers(client):
     client.create_table("a", 20, width=2, initializer="normal", init_scale=0.1, seed=5)
     with ParameterServer() as other, PSClient(other.address) as other_client:
