@@ -35,6 +35,7 @@ from ps_service.protocol import (
     Opcode,
     encode_array,
     encode_header,
+    encode_hello,
     encode_table_request,
     frame_length,
 )
@@ -253,7 +254,8 @@ async def _serve_echo(reply_body: bytes, ready: Connection) -> None:
     """
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        writer.write(encode_header(Opcode.HELLO, 0, 0))
+        hello = encode_hello(0, 1)
+        writer.write(encode_header(Opcode.HELLO, 0, len(hello)) + hello)
         try:
             while True:
                 fields = HEADER.unpack(await reader.readexactly(HEADER_SIZE))

@@ -16,7 +16,11 @@ and this invocation then returns ``rejected`` without touching the model.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from cirrus_airflow.models.logistic import Minibatch
@@ -24,6 +28,10 @@ from cirrus_airflow.storage import Storage
 from lambda_pkg.data_iterator import Position, minibatches
 from ps_service.client import PSClient
 from ps_service.errors import PSAuthError, PSConnectionError, PSError
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 5.0  # well inside the server's default 30 s heartbeat timeout
 
 
 def worker_task(event: dict, context: Any) -> dict:
@@ -57,37 +65,38 @@ def worker_task(event: dict, context: Any) -> dict:
             batches.close()
             return {"worker_id": worker, "generation": generation, "status": "rejected", "reason": str(refusal),
                     "resume": None, "examples": 0, "updates": 0, "train_loss": 0.0}
-        item = next(batches, None)
-        if item is not None:
-            following, rows = item
-            batch = Minibatch.of(rows, bias_key)
-            weights = ps.pull(table, batch.keys)
-        while item is not None:
-            grad, loss_sum = batch.gradient(weights)
+        with _heartbeats(ps):
             item = next(batches, None)
-            stop_reason = None if item is None else _stop_reason(ps, context, deadline, margin_ms)
-            if stop_reason == "stopped":
-                status = stop_reason
-                break
-            if item is None or stop_reason:
-                ps.push(table, batch.keys, grad)
-            else:
-                next_batch = Minibatch.of(item[1], bias_key)
-                weights = ps.push_pull(table, batch.keys, grad, next_batch.keys)
-            stats["updates"] += 1
-            for acc in (stats, window):
-                acc["examples"] += len(batch.rows)
-                acc["loss_sum"] += loss_sum
-            if stats["updates"] % report_every == 0 or item is None or stop_reason:
-                ps.report(table, "train_loss", window["loss_sum"] / max(1, window["examples"]),
-                          count=window["examples"], worker=worker)
-                window = {"examples": 0, "loss_sum": 0.0}
-            if stop_reason:
-                status, resume = stop_reason, following.to_json()
-                break
             if item is not None:
-                following, batch = item[0], next_batch
-        batches.close()
+                following, rows = item
+                batch = Minibatch.of(rows, bias_key)
+                weights = ps.pull(table, batch.keys)
+            while item is not None:
+                grad, loss_sum = batch.gradient(weights)
+                item = next(batches, None)
+                stop_reason = None if item is None else _stop_reason(ps, context, deadline, margin_ms)
+                if stop_reason == "stopped":
+                    status = stop_reason
+                    break
+                if item is None or stop_reason:
+                    ps.push(table, batch.keys, grad)
+                else:
+                    next_batch = Minibatch.of(item[1], bias_key)
+                    weights = ps.push_pull(table, batch.keys, grad, next_batch.keys)
+                stats["updates"] += 1
+                for acc in (stats, window):
+                    acc["examples"] += len(batch.rows)
+                    acc["loss_sum"] += loss_sum
+                if stats["updates"] % report_every == 0 or item is None or stop_reason:
+                    ps.report(table, "train_loss", window["loss_sum"] / max(1, window["examples"]),
+                              count=window["examples"], worker=worker)
+                    window = {"examples": 0, "loss_sum": 0.0}
+                if stop_reason:
+                    status, resume = stop_reason, following.to_json()
+                    break
+                if item is not None:
+                    following, batch = item[0], next_batch
+            batches.close()
         ps.deregister("handover" if status == "handover" else "finished")
     return {
         "worker_id": worker,
@@ -98,6 +107,29 @@ def worker_task(event: dict, context: Any) -> dict:
         "updates": stats["updates"],
         "train_loss": stats["loss_sum"] / max(1, stats["examples"]),
     }
+
+
+@contextlib.contextmanager
+def _heartbeats(ps: PSClient, every_s: float = HEARTBEAT_S) -> Iterator[None]:
+    """Keep the registration alive while the loop waits on storage (a slow shard read):
+    a silent worker past the server's heartbeat timeout could be replaced by a duplicate."""
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(every_s):
+            try:
+                ps.heartbeat()
+            except PSError as error:  # the training loop's own next request reports it
+                log.warning("heartbeat to the parameter server failed: %s", error)
+                return
+
+    thread = threading.Thread(target=beat, name="ps-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def _stop_reason(ps: PSClient, context: Any, deadline: float | None, margin_ms: int) -> str | None:

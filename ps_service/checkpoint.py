@@ -94,11 +94,11 @@ def decode(data: bytes, uri: str) -> Snapshot:
                 )
                 for index, entry in enumerate(header["tables"])
             ]
+            return Snapshot(header["shard"], header["shards"], tables, header["finished_slots"], header["taken_at"])
     except CheckpointError:
         raise
-    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as error:
+    except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile) as error:
         raise CheckpointError(f"checkpoint {uri} is damaged or not a parameter-server checkpoint: {error}") from None
-    return Snapshot(header["shard"], header["shards"], tables, header["finished_slots"], header["taken_at"])
 
 
 def write(snapshot: Snapshot, base: str) -> str:

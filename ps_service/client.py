@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ps_service.connection import Connection
-from ps_service.errors import PSError
+from ps_service.errors import PSConnectionError, PSError
 from ps_service.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     Buffer,
@@ -52,6 +52,10 @@ class PSClient:
     wrong, and :class:`~ps_service.errors.PSConnectionError` when the server cannot be
     reached or the connection breaks. ``tls`` is an ``ssl.SSLContext``, the path of a
     CA file that signed the server's certificate, or True for the system's CAs.
+
+    Connecting to only some members of a group, or listing them out of order, is refused:
+    such a client would read and write other keys' rows. ``member=True`` opts out, for
+    an operator inspecting one member on its own (its tables are its local rows).
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class PSClient:
         timeout: float = 30.0,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         tls: ssl.SSLContext | str | bool | None = None,
+        member: bool = False,
     ) -> None:
         context = tls_context(tls)
         self._connections: list[Connection] = []
@@ -70,11 +75,24 @@ class PSClient:
                 self._connections.append(Connection(
                     shard_address, token, timeout=timeout, max_frame_bytes=max_frame_bytes, tls=context
                 ))
+            self._shards = len(self._connections)
+            if not member:
+                self._check_group()
         except BaseException:
             self.close()
             raise
-        self._shards = len(self._connections)
         self._shapes: dict[str, tuple[int, int]] = {}
+
+    def _check_group(self) -> None:
+        """Each server must sit where the address list puts it: a client missing a member, or
+        listing them out of order, would otherwise read and write other keys' rows."""
+        for position, connection in enumerate(self._connections):
+            if (connection.shard, connection.shards) != (position, self._shards):
+                raise PSConnectionError(
+                    f"the parameter server at {connection.address} is shard {connection.shard} of "
+                    f"{connection.shards}, but it is listed at position {position} of {self._shards} "
+                    "addresses; connect with every address of the group, in the order it printed them"
+                )
 
     @property
     def address(self) -> str:
@@ -192,7 +210,12 @@ class PSClient:
         over to a fresh invocation passes ``generation + 1`` to its successor.
         """
         request = [encode_json({"run": run, "worker": worker, "generation": generation})]
-        return self._scatter(Opcode.REGISTER, [request] * self._shards, decode_json)[0]
+        # The first shard decides alone: were all asked at once, two copies of one invocation
+        # could each win on some shards, both be refused, and the slot go unworked.
+        admitted = self._connections[0].request(Opcode.REGISTER, request, decode_json)
+        if self._shards > 1:
+            self._scatter(Opcode.REGISTER, [request] * self._shards, decode_json, first=1)
+        return admitted
 
     def heartbeat(self) -> None:
         """Tell the server this worker is alive while it does no requests (e.g. loading a shard)."""
@@ -240,7 +263,7 @@ class PSClient:
         return self._connections[0].request(opcode, parts, decode)
 
     def _scatter(self, opcode: int, requests: Sequence[Sequence[Buffer]],
-                 decode: Callable[[memoryview], T] = _no_reply) -> list[T]:
+                 decode: Callable[[memoryview], T] = _no_reply, *, first: int = 0) -> list[T]:
         """Send every shard its request, then collect every reply, even after an error.
 
         Each connection must read the reply to each request it sent, or its stream would
@@ -248,13 +271,17 @@ class PSClient:
         """
         if self._shards == 1:
             return [self._connections[0].request(opcode, requests[0], decode)]
+        connections = self._connections[first:]
+        requests = requests[first:]
+        for connection, parts in zip(connections, requests):
+            connection.check_length(parts)  # before any shard is sent its part
         results: list[T] = []
         failure: BaseException | None = None
         with ExitStack() as locks:
-            for connection in self._connections:
+            for connection in connections:
                 locks.enter_context(connection.lock)
             sent = []
-            for connection, parts in zip(self._connections, requests):
+            for connection, parts in zip(connections, requests):
                 try:
                     connection.begin(opcode, parts)
                 except Exception as error:

@@ -27,6 +27,7 @@ from ps_service.protocol import (
     Opcode,
     Status,
     decode_header,
+    decode_hello,
     decode_text,
     encode_header,
     frame_length,
@@ -62,6 +63,7 @@ class Connection:
         self._tls = tls
         self.address = format_address(self._host, self._port)
         self.stop_requested = False
+        self.shard, self.shards = 0, 1  # where the server sits in its group, from its greeting
         self._timeout = timeout
         self._max_frame_bytes = max_frame_bytes
         self._lock = threading.Lock()
@@ -92,17 +94,22 @@ class Connection:
         A client of a sharded server sends every shard its part first and only then
         collects the replies, so the shards work on one logical request at the same time.
         """
+        length = self.check_length(parts)
+        sock = self._open_socket()
+        self._request_id = (self._request_id + 1) & 0xFFFFFFFF
+        header = encode_header(opcode, self._request_id, length)
+        with self._translated_errors():
+            self._send(sock, [header, *parts], HEADER_SIZE + length)
+
+    def check_length(self, parts: Sequence[Buffer]) -> int:
+        """The body length, once it is known to fit this client's frame limit."""
         length = frame_length(parts)
         if HEADER_SIZE + length > self._max_frame_bytes:
             raise ValueError(
                 f"request of {HEADER_SIZE + length} bytes exceeds this client's max_frame_bytes of "
                 f"{self._max_frame_bytes} bytes; split it into smaller requests"
             )
-        sock = self._open_socket()
-        self._request_id = (self._request_id + 1) & 0xFFFFFFFF
-        header = encode_header(opcode, self._request_id, length)
-        with self._translated_errors():
-            self._send(sock, [header, *parts], HEADER_SIZE + length)
+        return length
 
     def finish(self, opcode: int, decode: Callable[[memoryview], T] = _no_body) -> T:
         """Wait for the reply to the request :meth:`begin` sent and decode it."""
@@ -161,9 +168,11 @@ class Connection:
                 raise
             except OSError as error:
                 raise self._broken(f"no greeting from the server: {error}") from error
-            if hello.opcode != Opcode.HELLO or len(body) not in (0, NONCE_BYTES):
+            greeting = decode_hello(body) if hello.opcode == Opcode.HELLO else None
+            if greeting is None or len(greeting.nonce) not in (0, NONCE_BYTES):
                 raise ProtocolError(f"{self.address} did not greet like a cirrus parameter server")
-            nonce = bytes(body)
+            self.shard, self.shards = greeting.shard, greeting.shards
+            nonce = greeting.nonce
         if not nonce:
             return
         if token is None:

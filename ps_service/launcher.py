@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +63,11 @@ class LocalServer:
         return [member.process.pid for member in self._members]
 
     @property
+    def exit_codes(self) -> list[int | None]:
+        """Each member's exit code, None while it runs."""
+        return [member.process.poll() for member in self._members]
+
+    @property
     def running(self) -> bool:
         """True while every member runs; a group with a dead shard cannot serve its keys."""
         return all(member.process.poll() is None for member in self._members)
@@ -84,6 +89,8 @@ class LocalServer:
                 _wait_or_kill(member.process, timeout_s)
         for member in self._members:
             member.output.join(timeout_s)
+            if member.process.stdout is not None:
+                member.process.stdout.close()
             lifeline, member.lifeline = member.lifeline, None
             if lifeline is not None:
                 os.close(lifeline)
@@ -106,15 +113,17 @@ def start_local_server(
     restore_uri: str | None = None,
     tls_cert: str | None = None,
     tls_key: str | None = None,
+    server_args: Sequence[str] = (),
     startup_timeout_s: float = 30.0,
 ) -> LocalServer:
     """Start ``shards`` server processes and return once all accept connections.
 
     With ``port`` > 0, shard ``i`` listens on ``port + i``; port 0 picks free ports.
+    ``server_args`` are further ``python -m ps_service`` options given to every member.
     """
     if shards < 1:
         raise ValueError(f"shards must be >= 1, got {shards}")
-    options = _server_options(checkpoint_uri, checkpoint_interval_s, restore_uri, tls_cert, tls_key)
+    options = [*_server_options(checkpoint_uri, checkpoint_interval_s, restore_uri, tls_cert, tls_key), *server_args]
     members: list[_Member] = []
     try:
         with _token_file(token) as token_path:

@@ -121,6 +121,9 @@ _COMMON_OPTIONS: Mapping[str, OptionSpec] = {
     "decay_rate": Number(0.5, low=0.0, high=1.0, low_inclusive=False, high_inclusive=True),
 }
 _MOMENTUM = Number(0.9, low=0.0, high=1.0)
+# eps keeps the denominators of Adagrad and Adam away from 0 (0/0 is NaN for a zero gradient);
+# below ~1e-30 it would round to 0 in float32 or vanish beside any accumulated square.
+_EPS = Number(1e-8, low=1e-30)
 
 
 class Optimizer(ABC):
@@ -191,7 +194,7 @@ class Adagrad(Optimizer):
     option_specs = {
         **_COMMON_OPTIONS,
         "initial_accumulator": Number(0.1, low=0.0),
-        "eps": Number(1e-8, low=0.0),
+        "eps": _EPS,
     }
 
     def __init__(self, shape: tuple[int, int], options: Mapping[str, OptionValue]) -> None:
@@ -270,7 +273,7 @@ class Adam(Optimizer):
         **_COMMON_OPTIONS,
         "beta1": Number(0.9, low=0.0, high=1.0),
         "beta2": Number(0.999, low=0.0, high=1.0),
-        "eps": Number(1e-8, low=0.0),
+        "eps": _EPS,
     }
 
     def __init__(self, shape: tuple[int, int], options: Mapping[str, OptionValue]) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 from ps_service.errors import ProtocolError
 
 MAGIC = b"CRPS"
-VERSION = 1
+VERSION = 2
 HEADER = struct.Struct("<4sBBBBII")
 HEADER_SIZE = HEADER.size
 DEFAULT_MAX_FRAME_BYTES = 256 * 1024 * 1024
@@ -32,6 +32,7 @@ KEY_DTYPES = {4: np.dtype("<i4"), 8: np.dtype("<i8")}
 VALUE_DTYPE = np.dtype("<f4")
 
 _TABLE_REQUEST = struct.Struct("<HBxIII")
+_HELLO = struct.Struct("<II")
 _ARRAY = struct.Struct("<II")
 _ALIGNMENT = 8
 _ZEROS = bytes(_ALIGNMENT)
@@ -70,6 +71,14 @@ class FrameHeader(NamedTuple):
     status: int
     request_id: int
     body_length: int
+
+
+class Hello(NamedTuple):
+    """The greeting: where this server sits in its group, and the nonce to sign (empty: no token)."""
+
+    shard: int
+    shards: int
+    nonce: bytes
 
 
 class TableRequest(NamedTuple):
@@ -224,6 +233,17 @@ def decode_array(body: Buffer) -> np.ndarray:
         raise ProtocolError(f"array body is {len(body)} bytes, its header describes {expected}")
     flat = np.frombuffer(body, dtype=VALUE_DTYPE, count=rows * width, offset=_ARRAY.size)
     return flat.reshape(rows, width).astype(np.float32)
+
+
+def encode_hello(shard: int, shards: int, nonce: bytes = b"") -> bytes:
+    return _HELLO.pack(shard, shards) + nonce
+
+
+def decode_hello(body: Buffer) -> Hello:
+    if len(body) < _HELLO.size:
+        raise ProtocolError(f"greeting of {len(body)} bytes is shorter than its {_HELLO.size}-byte header")
+    shard, shards = _HELLO.unpack_from(body)
+    return Hello(shard, shards, bytes(body[_HELLO.size:]))
 
 
 def encode_json(document: Any) -> bytes:

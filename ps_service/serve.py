@@ -98,7 +98,8 @@ def _serve_group(args: argparse.Namespace, token: str | None) -> int:
     """Start one child process per shard, print the group's address, and supervise them.
 
     The group lives as long as every shard does: a signal, a lifeline at end of file or
-    any shard exiting (a shutdown request reaches every shard) stops all of them.
+    any shard exiting (a shutdown request reaches every shard) stops all of them. A shard
+    that dies on its own makes the exit code 1, so a supervisor knows to restart.
     """
     try:
         group = start_local_server(
@@ -107,6 +108,8 @@ def _serve_group(args: argparse.Namespace, token: str | None) -> int:
             restore_uri=args.restore,
             tls_cert=str(args.tls_cert) if args.tls_cert else None,
             tls_key=str(args.tls_key) if args.tls_key else None,
+            server_args=["--idle-timeout", str(args.idle_timeout), "--heartbeat-timeout", str(args.heartbeat_timeout),
+                         "--max-frame-bytes", str(args.max_frame_bytes), "--log-level", args.log_level],
         )
     except PSStartupError as error:
         print(f"ps_service: {error}", file=sys.stderr)
@@ -121,7 +124,12 @@ def _serve_group(args: argparse.Namespace, token: str | None) -> int:
                 log.warning("the process that started this parameter-server group is gone; shutting down")
                 break
     finally:
+        crashed = [(pid, code) for pid, code in zip(group.pids, group.exit_codes) if code not in (None, 0)]
         group.stop()
+    if crashed and not stopping.is_set():
+        print(f"ps_service: shard process(es) {crashed} (pid, exit code) ended on their own; "
+              "the group was stopped", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -41,6 +41,7 @@ from ps_service.protocol import (
     TableRequest,
     decode_header,
     decode_json,
+    encode_hello,
     decode_table_request,
     encode_array,
     encode_header,
@@ -324,11 +325,12 @@ class ParameterServer:
     ) -> bool:
         """Greet with a nonce and, if a token is configured, admit only its HMAC."""
         stop = self._store.stop_all
+        shard, shards = self._store.shard, self._store.shards
         if self._token is None:
-            self._send(writer, Opcode.HELLO, 0, Status.OK, [], stop)
+            self._send(writer, Opcode.HELLO, 0, Status.OK, [encode_hello(shard, shards)], stop)
             return True
         nonce = new_nonce()
-        self._send(writer, Opcode.HELLO, 0, Status.OK, [nonce], stop)
+        self._send(writer, Opcode.HELLO, 0, Status.OK, [encode_hello(shard, shards, nonce)], stop)
         await writer.drain()
         try:
             request_id, digest = await asyncio.wait_for(self._read_auth(reader), self._handshake_timeout_s)
@@ -484,6 +486,7 @@ class ParameterServer:
     def _drop_table(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
         request = self._table_request(body, "drop_table")
         self._store.drop(request.table)
+        self._registry.forget_run(request.table)  # a run's workers register under its table's name
         self._changes += 1
         log.info("dropped table %r", request.table)
         return [], None

@@ -126,6 +126,11 @@ class WorkerRegistry:
         if registration.state == ACTIVE:
             registration.state = DISCONNECTED
 
+    def forget_run(self, run: str) -> None:
+        """Drop a finished run's slots, so a long-lived server does not keep every run's workers."""
+        for key in [key for key in self._slots if key[0] == run]:
+            del self._slots[key]
+
     def active_count(self) -> int:
         now = time.time()
         return sum(r.alive(now, self.heartbeat_timeout_s) for r in self._slots.values())

@@ -333,7 +333,8 @@ def test_resolve_options_fills_every_default_so_equal_specs_compare_equal():
         ("rmsprop", {}, "unknown optimizer 'rmsprop'; choose one of: adagrad, adam, momentum"),
         ("sgd", {"learning_rate": 0}, "learning_rate must be a finite number > 0, got 0"),
         ("sgd", {"learning_rate": float("inf")}, "learning_rate must be a finite number > 0"),
-        ("adagrad", {"eps": -1.0}, "eps must be a finite number >= 0, got -1.0"),
+        ("adagrad", {"eps": -1.0}, "eps must be a finite number >= 1e-30, got -1.0"),
+        ("adam", {"eps": 0.0}, "eps must be a finite number >= 1e-30, got 0.0"),  # 0/0 on a zero gradient
         ("sgd", {"l2": "a lot"}, "l2 must be a finite number >= 0, got 'a lot'"),
         ("sgd", {"l2": float("nan")}, "l2 must be a finite number >= 0, got nan"),
         ("sgd", {"schedule": "cosine"},

@@ -30,6 +30,7 @@ from ps_service.protocol import (
     FrameHeader,
     Opcode,
     Status,
+    decode_hello,
     encode_header,
     encode_json,
     encode_table_request,
@@ -76,7 +77,7 @@ def authenticated_socket(connect_raw, receive_exactly) -> Callable[..., socket.s
     def open_socket(address: str, token: str | None = TOKEN) -> socket.socket:
         sock = connect_raw(address)
         header = HEADER.unpack(receive_exactly(sock, HEADER_SIZE))
-        nonce = receive_exactly(sock, header[6])
+        nonce = decode_hello(receive_exactly(sock, header[6])).nonce
         assert header[2] == Opcode.HELLO
         if token is not None:
             assert len(nonce) == NONCE_BYTES
@@ -126,7 +127,7 @@ def test_refused_authentication_sends_only_the_greeting_and_a_refusal(secured, a
         before = admin.status()
     with connect_raw(secured.address) as sock:
         header = HEADER.unpack(receive_exactly(sock, HEADER_SIZE))
-        nonce = receive_exactly(sock, header[6])
+        nonce = decode_hello(receive_exactly(sock, header[6])).nonce
         assert header[2] == Opcode.HELLO and len(nonce) == NONCE_BYTES
         sock.sendall(ATTACKS[attack](nonce))
         rest = receive_all(sock)

@@ -22,6 +22,7 @@ from ps_service.protocol import (
     Status,
     decode_header,
     encode_header,
+    encode_hello,
     encode_table_request,
 )
 from ps_service.server import ParameterServer
@@ -204,7 +205,8 @@ def test_token_never_crosses_the_wire(receive_exactly):
             connection, _ = listener.accept()
             with connection:
                 connection.settimeout(10)
-                connection.sendall(encode_header(Opcode.HELLO, 0, len(nonce)) + nonce)
+                hello = encode_hello(0, 1, nonce)
+                connection.sendall(encode_header(Opcode.HELLO, 0, len(hello)) + hello)
                 header = receive_exactly(connection, HEADER_SIZE)
                 captured.extend(header + receive_exactly(connection, decode_header(header).body_length))
                 connection.sendall(encode_header(Opcode.AUTH, decode_header(header).request_id, 0))

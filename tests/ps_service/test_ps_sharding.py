@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ps_service.client import PSClient
-from ps_service.errors import PSError
+from ps_service.errors import PSConnectionError, PSError
 from ps_service.launcher import start_local_server
 from ps_service.server import ParameterServer
 
@@ -121,7 +121,7 @@ def test_each_shard_holds_the_keys_congruent_to_its_index(shards, group):
         whole = client.get_table("w")
         np.testing.assert_array_equal(whole[:, 0], keys)
         for shard, member_address in enumerate(address.split(",")):
-            with PSClient(member_address) as member:
+            with PSClient(member_address, member=True) as member:
                 # a member's own table, read through a one-address client, is its local rows
                 np.testing.assert_array_equal(member.get_table("w"), local_rows_of(whole, shard, shards))
 
@@ -197,8 +197,15 @@ def test_a_request_one_shard_would_refuse_is_refused_whole_with_the_single_serve
 @pytest.mark.parametrize("member", [0, -1])
 def test_a_one_address_client_of_a_group_member_is_refused_clearly(member, group):
     with group(3) as address:
-        with PSClient(address.split(",")[member]) as client:
-            index = member % 3
+        addresses = address.split(",")
+        index = member % 3
+        with pytest.raises(PSConnectionError, match=rf"is shard {index} of 3, but it is listed at position 0 of 1 "
+                                                    r"addresses; connect with every address of the group"):
+            PSClient(addresses[member])
+        with pytest.raises(PSConnectionError, match="is shard 2 of 3, but it is listed at position 0 of 3"):
+            PSClient(",".join(reversed(addresses)))
+        # An operator may look at one member on its own; the member still refuses tables of another layout.
+        with PSClient(addresses[member], member=True) as client:
             with pytest.raises(PSError, match=rf"this server is shard {index} of 3, but the client addressed "
                                               r"it as shard 0 of 1 when creating table 'w'.*every address"):
                 client.create_table("w", 10)
@@ -262,3 +269,13 @@ def test_module_with_shards_prints_one_group_address_and_stops_every_shard_on_si
         for pid in shard_pids:
             if running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_push_too_large_for_one_shards_frame_reaches_no_shard(group):
+    with group(2) as address, PSClient(address, max_frame_bytes=4096) as client:
+        client.create_table("w", 10_000, optimizer="sgd", learning_rate=1.0)
+        odd = np.arange(1, 2001, 2)  # every key on shard 1: its frame is too big, shard 0's is empty
+        with pytest.raises(ValueError, match="exceeds this client's max_frame_bytes"):
+            client.push("w", odd, np.ones(len(odd), dtype=np.float32))
+        assert [document["tables"]["w"]["updates"] for document in client.status()["shards"]] == [0, 0]
+        assert not client.pull("w", odd[:100]).any()
