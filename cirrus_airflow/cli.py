@@ -196,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("preprocess", cmd_preprocess, "turn raw data into Parquet shards and a manifest")
-    p.add_argument("--input", action="append", required=True, metavar="URI", help="input file or folder (repeatable)")
+    p.add_argument("--input", action="append", required=True, metavar="URI",
+                   help="input file, folder/S3 prefix or glob (*, ?, [...]; quote it so that the shell leaves "
+                        "it alone: 'data/day_*.tsv'); .gz files are decompressed (repeatable)")
     p.add_argument("--output", required=True, metavar="URI", help="output folder")
     p.add_argument("--format", choices=FORMATS, default="criteo")
     p.add_argument("--hash-bits", type=int, default=18, metavar="N", help="2**N hashed features")

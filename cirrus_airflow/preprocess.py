@@ -1,7 +1,12 @@
 """The preprocessing driver: plan splits, fan out two passes, write the manifest last.
 
 The driver only plans and merges; every byte of input is read by the map tasks in
-``lambda_pkg.preprocess``, on whichever serverless executor it is given.
+``lambda_pkg.preprocess``, on whichever serverless executor it is given (the driver
+reads only the first bytes of each file, to tell its dialect and compression).
+
+Inputs are files, folders/prefixes, globs (``data/day_*.tsv``,
+``s3://bucket/logs/2026-*/part-*.tsv.gz``) or lists of them; plain text is cut into
+byte ranges, a gzip file is one split of its own.
 """
 
 from __future__ import annotations
@@ -12,12 +17,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from cirrus_airflow.executor import ServerlessExecutor
+from cirrus_airflow.executor import InvocationError, ServerlessExecutor
 from cirrus_airflow.formats import criteo
+from cirrus_airflow.formats.text import CorruptInputError, is_gzip, plan_ranges, read_gzip
 from cirrus_airflow.numeric import NORMALIZERS, ColumnStats
 from cirrus_airflow.shards import MANIFEST_NAME, Manifest, manifest_uri, write_manifest
-from cirrus_airflow.storage import Storage, StorageError, is_s3, join, normalize
-from cirrus_airflow.formats.text import plan_ranges
+from cirrus_airflow.storage import Storage, StorageError, has_glob, is_s3, join, normalize
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +55,10 @@ class PreprocessConfig:
     max_rejected_fraction: float = 0.01
 
     def validate(self) -> None:
+        if isinstance(self.inputs, str):
+            raise ValueError(f"inputs must be a list of URIs, got the string {self.inputs!r}; wrap it in a list")
         if not self.inputs:
-            raise ValueError("inputs is empty: give at least one input URI (a file or a folder/prefix)")
+            raise ValueError("inputs is empty: give at least one input URI (a file, a folder/prefix or a glob)")
         if not self.output:
             raise ValueError("output is empty: give the URI of a folder (local path or s3://bucket/prefix)")
         if self.format not in FORMATS:
@@ -81,53 +88,114 @@ class PreprocessConfig:
         )
 
 
-@dataclass
-class _Split:
+@dataclass(frozen=True)
+class InputFile:
+    """One input file as the planner sees it: how large, whether gzip, how it is written."""
+
     uri: str
-    start: int
-    end: int
     size: int
+    compressed: bool
     dialect: criteo.CriteoDialect
 
+
+@dataclass
+class _Split:
+    file: InputFile
+    start: int
+    end: int
+
     def source(self) -> dict:
-        return {"uri": self.uri, "start": self.start, "end": self.end, "size": self.size}
+        f = self.file
+        return {"uri": f.uri, "start": self.start, "end": self.end, "size": f.size, "compressed": f.compressed}
 
 
 def expand_inputs(storage: Storage, inputs: list[str]) -> list[tuple[str, int]]:
-    """Every input file with its size: a file stands for itself, a folder for its files."""
-    files: list[tuple[str, int]] = []
+    """Every input file with its size, each once, in an order fixed by the inputs alone.
+
+    A file stands for itself, a glob for the files it matches and a folder for its
+    files, each expansion sorted: a rerun sees the same files in the same order and so
+    writes the same shards. A file named twice (say by a glob and by name) counts once.
+    """
+    files: dict[str, int] = {}
     for raw in inputs:
+        for uri, size in _expand(storage, raw):
+            files.setdefault(uri, size)
+    return list(files.items())
+
+
+def _expand(storage: Storage, raw: str) -> list[tuple[str, int]]:
+    """The files of one input. A file that exists is taken by name even if its name
+    holds glob characters; storage errors (bad URI, missing bucket) are bad input."""
+    try:
         uri = normalize(raw)
         try:
-            files.append((uri, storage.size(uri)))
-            continue
+            return [(uri, storage.size(uri))]
         except StorageError:
             pass
-        listed = [u for u in storage.list(uri) if not u.rsplit("/", 1)[-1].startswith(("_", "."))]
-        if not listed:
-            where = "prefix" if is_s3(uri) else "path"
-            raise PreprocessError(f"input {raw}: no such file, and no files under that {where}")
-        files.extend((u, storage.size(u)) for u in listed)
-    empty = [u for u, size in files if size == 0]
-    if len(empty) == len(files):
-        raise PreprocessError(f"the input is empty: {', '.join(empty)}")
-    return [(u, s) for u, s in files if s > 0]
+        listed = storage.glob(uri) if has_glob(uri) else storage.list(uri)
+        # Bookkeeping files (_SUCCESS, _manifest.json, .crc) sit beside data and are never data.
+        found = [u for u in listed if not u.rsplit("/", 1)[-1].startswith(("_", "."))]
+        if not found:
+            raise PreprocessError(_nothing_found(raw, uri))
+        return [(u, storage.size(u)) for u in found]
+    except StorageError as exc:  # its message names the URI
+        raise PreprocessError(str(exc)) from None
 
 
-def plan_splits(storage: Storage, files: list[tuple[str, int]], *, split_bytes: int, min_splits: int) -> list[_Split]:
-    """Cut files into line-aligned byte ranges: at least ``min_splits`` in all, none
-    much larger than ``split_bytes``, each file in proportion to its size."""
-    total = sum(size for _, size in files)
-    target = min(split_bytes, max(1, -(-total // min_splits)))
+def _nothing_found(raw: str, uri: str) -> str:
+    if has_glob(uri):
+        return f"input {raw}: no files match {uri}"
+    return f"input {raw}: no such file, and no files under that {'prefix' if is_s3(uri) else 'path'}"
+
+
+def describe_inputs(storage: Storage, files: list[tuple[str, int]]) -> list[InputFile]:
+    """Each file's compression and dialect, from its first bytes; files without content
+    (empty, or a gzip of nothing) are left out, and an input with none at all is an error."""
+    described = [f for uri, size in files if (f := _describe(storage, uri, size)) is not None]
+    if not described:
+        raise PreprocessError(f"the input is empty: {', '.join(u for u, _ in files)}")
+    return described
+
+
+def _describe(storage: Storage, uri: str, size: int) -> InputFile | None:
+    if size == 0:
+        return None
+    head = storage.read_bytes(uri, 0, min(size, _SNIFF_BYTES))
+    compressed = is_gzip(uri, head)
+    try:
+        if compressed:
+            head = read_gzip(storage, uri, _SNIFF_BYTES)  # the dialect is in the text, not the gzip bytes
+        return InputFile(uri, size, compressed, criteo.sniff(head, uri)) if head else None
+    except ValueError as exc:
+        raise PreprocessError(str(exc)) from None
+
+
+def plan_splits(files: list[InputFile], *, split_bytes: int, min_splits: int) -> list[_Split]:
+    """Cut plain files into line-aligned byte ranges: at least ``min_splits`` in all,
+    none much larger than ``split_bytes``, each file in proportion to its size.
+
+    A gzip file cannot be entered in the middle, so it is one split however large;
+    the plain files share what remains of ``min_splits``.
+    """
+    plain = sum(f.size for f in files if not f.compressed)
+    wanted = max(1, min_splits - sum(f.compressed for f in files))
+    target = min(split_bytes, max(1, -(-plain // wanted)))
     splits: list[_Split] = []
-    for uri, size in files:
-        try:
-            dialect = criteo.sniff(storage.read_bytes(uri, 0, min(size, _SNIFF_BYTES)), uri)
-        except ValueError as exc:
-            raise PreprocessError(str(exc)) from None
-        for start, end in plan_ranges(size, -(-size // target)):
-            splits.append(_Split(uri, start, end, size, dialect))
+    for f in files:
+        ranges = [(0, f.size)] if f.compressed else plan_ranges(f.size, -(-f.size // target))
+        splits.extend(_Split(f, start, end) for start, end in ranges)
     return splits
+
+
+def _map(executor: ServerlessExecutor, events: list[dict], progress: Callable[[int, int], None] | None) -> list[dict]:
+    """Fan the events out. A worker that found a file unreadable reports bad input,
+    which the caller gets as a PreprocessError, not as a failed invocation."""
+    try:
+        return executor.map(events, progress=progress)
+    except InvocationError as exc:
+        if exc.error_type == CorruptInputError.__name__:
+            raise PreprocessError(exc.error_message) from None
+        raise
 
 
 def run_preprocess(
@@ -145,20 +213,21 @@ def run_preprocess(
     config.validate()
     started = time.monotonic()
     output = normalize(config.output)
-    files = expand_inputs(storage, config.inputs)
-    splits = plan_splits(storage, files, split_bytes=config.split_bytes, min_splits=config.workers)
-    log.info("preprocessing %d file(s), %d bytes, in %d splits", len(files), sum(s for _, s in files), len(splits))
+    files = describe_inputs(storage, expand_inputs(storage, config.inputs))
+    splits = plan_splits(files, split_bytes=config.split_bytes, min_splits=config.workers)
+    log.info("preprocessing %d file(s) (%d gzip), %d bytes, in %d splits",
+             len(files), sum(f.compressed for f in files), sum(f.size for f in files), len(splits))
     storage.delete(manifest_uri(output))
 
     features = config.features()
     split_params = {"test_fraction": config.test_fraction, "seed": config.split_seed}
     base = {"format": config.format, "split": split_params}
     stats_events = [
-        {**base, "task": "preprocess.stats", "source": s.source(), "dialect": s.dialect.to_json(),
+        {**base, "task": "preprocess.stats", "source": s.source(), "dialect": s.file.dialect.to_json(),
          "features": features.to_json()}
         for s in splits
     ]
-    first = executor.map(stats_events, progress=_stage(progress, "statistics"))
+    first = _map(executor, stats_events, _stage(progress, "statistics"))
 
     stats = _merge_stats(first)
     features = criteo.CriteoFeatures(**{**asdict(features), "stats": stats})
@@ -168,7 +237,7 @@ def run_preprocess(
     n = len(splits)
     first_lines = _first_lines(splits, first)
     transform_events = [
-        {**base, "task": "preprocess.transform", "source": s.source(), "dialect": s.dialect.to_json(),
+        {**base, "task": "preprocess.transform", "source": s.source(), "dialect": s.file.dialect.to_json(),
          "features": features.to_json(), "first_line": first_lines[i],
          "row_group_rows": config.row_group_rows, "write_shards": not too_many,
          "outputs": {
@@ -178,7 +247,7 @@ def run_preprocess(
          }}
         for i, s in enumerate(splits)
     ]
-    second = executor.map(transform_events, progress=_stage(progress, "transform"))
+    second = _map(executor, transform_events, _stage(progress, "transform"))
     written = {r["rejected_uri"] for r in second if r["rejected_uri"]}
     written |= {entry["uri"] for r in second for entry in r["shards"].values()}
     _remove_stale(storage, output, keep=written)
@@ -193,7 +262,7 @@ def run_preprocess(
         for name in ("train", "test")
     }
     if not shards["train"]:
-        raise PreprocessError(f"no training rows were produced from {', '.join(u for u, _ in files)}")
+        raise PreprocessError(f"no training rows were produced from {', '.join(f.uri for f in files)}")
     manifest = Manifest(
         kind="sparse",
         feature_dim=features.feature_dim,
@@ -201,7 +270,7 @@ def run_preprocess(
         transform=features.to_json(),
         split={"method": "row_hash", **split_params},
         counts=counts,
-        source={"format": config.format, "files": [u for u, _ in files], "splits": len(splits)},
+        source={"format": config.format, "files": [f.uri for f in files], "splits": len(splits)},
         row_group_rows=config.row_group_rows,
         label_stats={"train_positive_rate": counts["train_positives"] / max(1, counts["train_rows"])},
     )
@@ -251,8 +320,8 @@ def _first_lines(splits: list[_Split], results: list[dict]) -> list[int]:
     """The 1-based line number at which each split starts in its file."""
     out, line, previous = [], 1, None
     for split, result in zip(splits, results):
-        if split.uri != previous:
-            line, previous = 1, split.uri
+        if split.file.uri != previous:
+            line, previous = 1, split.file.uri
         out.append(line)
         line += result["lines"]
     return out
@@ -269,7 +338,7 @@ def _rejection_message(config: PreprocessConfig, splits: list[_Split], results: 
     per_file: Counter[tuple[str, str]] = Counter()
     for split, r in zip(splits, results):
         for reason, n in r["rejected_by_reason"].items():
-            per_file[(split.uri, reason)] += n
+            per_file[(split.file.uri, reason)] += n
     (worst_file, worst_reason), worst_n = per_file.most_common(1)[0]
     fraction = counts["rows_rejected"] / max(1, counts["rows_read"])
     return (

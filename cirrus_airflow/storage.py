@@ -18,9 +18,13 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlparse
+
+
+GLOB_CHARS = "*?["
 
 
 class StorageError(RuntimeError):
@@ -35,6 +39,15 @@ class S3Location:
 
 def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
+
+
+def has_glob(uri: str) -> bool:
+    return any(c in uri for c in GLOB_CHARS)
+
+
+def _literal_prefix(pattern: str) -> str:
+    """The part of a pattern before its first glob character: all that a listing can narrow on."""
+    return pattern[: min((i for i in map(pattern.find, GLOB_CHARS) if i >= 0), default=len(pattern))]
 
 
 def parse_s3(uri: str) -> S3Location:
@@ -165,27 +178,38 @@ class Storage:
         """Every object under a folder-like prefix, recursively, sorted; [] if there is none."""
         if is_s3(prefix):
             loc = parse_s3(prefix)
-            key_prefix = loc.key.rstrip("/") + "/" if loc.key else ""
-            paginator = self.s3.get_paginator("list_objects_v2")
-            keys: list[str] = []
-            try:
-                for page in paginator.paginate(Bucket=loc.bucket, Prefix=key_prefix):
-                    keys.extend(obj["Key"] for obj in page.get("Contents", []))
-            except self.s3.exceptions.ClientError as exc:
-                raise self._s3_error(prefix, exc) from None
-            return sorted(f"s3://{loc.bucket}/{key}" for key in keys)
+            return self._s3_list(prefix, loc.bucket, loc.key.rstrip("/") + "/" if loc.key else "")
         root = local_path(prefix)
         if not root.is_dir():
             return []
         return sorted(str(p) for p in root.rglob("*") if p.is_file() and ".tmp-" not in p.name)
 
-    def open_input(self, uri: str) -> BinaryIO:
+    def glob(self, pattern: str) -> list[str]:
+        """Every object whose URI matches ``pattern``, sorted; [] if none does.
+
+        ``*``, ``?`` and ``[...]`` have fnmatch semantics on the whole URI (so ``*`` also
+        crosses ``/``, as S3 key filters do), the same for both schemes. Only what lies
+        under the pattern's literal prefix is listed: on S3 that is one prefix listing
+        (``logs/2026-`` for ``logs/2026-*/part-*``), never the whole bucket.
+        """
+        literal = _literal_prefix(pattern)
+        if is_s3(pattern):
+            bucket = parse_s3(pattern).bucket
+            if has_glob(bucket):
+                raise StorageError(f"{pattern}: glob characters may be used in the key, not in the bucket name")
+            candidates = self._s3_list(pattern, bucket, parse_s3(literal).key)
+        else:
+            candidates = self.list(literal.rsplit("/", 1)[0] or "/")
+        return [uri for uri in candidates if fnmatchcase(uri, pattern)]
+
+    def open_input(self, uri: str, *, buffer_size: int = 1 << 16) -> BinaryIO:
         """A seekable reader; on S3 every read is one ranged GET, so a Parquet reader
-        fetches the footer and the row groups it needs, never the whole object."""
+        fetches the footer and the row groups it needs, never the whole object. A reader
+        that streams the whole object asks for a larger ``buffer_size``: fewer, larger GETs."""
         if is_s3(uri):
-            return io.BufferedReader(_S3RangeFile(self, uri, self.size(uri)), buffer_size=1 << 16)
+            return io.BufferedReader(_S3RangeFile(self, uri, self.size(uri)), buffer_size=buffer_size)
         try:
-            return local_path(uri).open("rb")
+            return local_path(uri).open("rb", buffering=buffer_size)
         except FileNotFoundError:
             raise StorageError(f"{uri}: no such file") from None
 
@@ -196,6 +220,17 @@ class Storage:
             self.s3.delete_object(Bucket=loc.bucket, Key=loc.key)
             return
         local_path(uri).unlink(missing_ok=True)
+
+    def _s3_list(self, uri: str, bucket: str, key_prefix: str) -> list[str]:
+        """The URIs of every key that starts with ``key_prefix`` (a raw prefix, not a folder), sorted."""
+        paginator = self.s3.get_paginator("list_objects_v2")
+        keys: list[str] = []
+        try:
+            for page in paginator.paginate(Bucket=bucket, Prefix=key_prefix):
+                keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        except self.s3.exceptions.ClientError as exc:
+            raise self._s3_error(uri, exc) from None
+        return sorted(f"s3://{bucket}/{key}" for key in keys)
 
     def _s3_read(self, uri: str, start: int | None, end: int | None) -> bytes:
         loc = parse_s3(uri)

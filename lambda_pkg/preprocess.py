@@ -4,6 +4,8 @@
 numeric columns of the training rows); ``preprocess.transform`` is the second (turn
 rows into sparse features with the merged statistics and write the shards and the
 rejected rows). Both parse the same range the same way, so they agree on every row.
+A gzip file is one range, the whole file: it is decompressed here and then parsed
+exactly like plain text.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 
 from cirrus_airflow import hashing
 from cirrus_airflow.formats import criteo
-from cirrus_airflow.formats.text import read_line_range
+from cirrus_airflow.formats.text import read_gzip, read_line_range
 from cirrus_airflow.numeric import ColumnStats
 from cirrus_airflow.rejects import write_rejects
 from cirrus_airflow.shards import write_shard
@@ -25,7 +27,7 @@ def _parse(event: dict, storage: Storage, first_line: int) -> criteo.ParsedBlock
     if event.get("format") != "criteo":
         raise ValueError(f"unsupported format {event.get('format')!r}; this worker reads 'criteo'")
     src = event["source"]
-    data = read_line_range(storage, src["uri"], src["start"], src["end"], src["size"])
+    data = _read(storage, src)
     dialect = criteo.CriteoDialect.from_json(event["dialect"])
     features = criteo.CriteoFeatures.from_json(event["features"])
     return criteo.parse_block(
@@ -35,6 +37,13 @@ def _parse(event: dict, storage: Storage, first_line: int) -> criteo.ParsedBlock
         skip_header=dialect.header and src["start"] == 0,
         hash_seed=features.hash_seed,
     )
+
+
+def _read(storage: Storage, src: dict) -> bytes:
+    """The text of a split: its lines, or the whole decompressed file for a gzip split."""
+    if src.get("compressed", False):
+        return read_gzip(storage, src["uri"])
+    return read_line_range(storage, src["uri"], src["start"], src["end"], src["size"])
 
 
 def _test_mask(rows: criteo.CriteoRows, split: dict) -> np.ndarray:

@@ -13,7 +13,12 @@ class CirrusPreprocessOperator(CirrusBaseOperator):
     """Preprocess raw data into sparse Parquet shards and a manifest, fanned out over
     serverless workers in two passes (statistics, then transformation).
 
-    :param input_uris: one URI or a list (files, or folders/prefixes of files); templated.
+    :param input_uris: one URI or a list of them; templated. Each is a file, a folder or
+        S3 prefix (all files under it), or a glob (``data/day_*.tsv``,
+        ``s3://bucket/logs/2026-*/part-*.tsv.gz``; ``*``, ``?`` and ``[...]`` as in fnmatch,
+        ``*`` also crossing ``/``). Files are taken in sorted order, so a retry writes the
+        same shards. Gzip files (``.gz``, or gzip content) are decompressed by the workers,
+        one worker per file: split large data into several ``.gz`` parts.
     :param output_uri: folder for ``shards/``, ``rejected/`` and ``_manifest.json``; templated.
     :param format: input format (``criteo``: tab-separated or CSV with a header).
     :param hash_bits: categorical values are hashed into 2**hash_bits features.

@@ -5,10 +5,16 @@ that makes the ranges exact is the Hadoop one: a split owns every line whose fir
 byte lies in [start, end). A reader therefore skips the partial line at its start
 (the previous split owns it) and reads past its end to finish its last line. No line
 is read twice or missed, with or without a trailing newline, with LF or CRLF ends.
+
+A gzip file cannot be entered in the middle, so it is never cut: one reader
+decompresses it from the start, streaming, and gets the same bytes as from the
+plain file.
 """
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +25,35 @@ from cirrus_airflow.storage import Storage
 _NEWLINE = 10
 _CR = 13
 _READ_AHEAD = 1 << 16
+_GZIP_MAGIC = b"\x1f\x8b"
+_GZIP_READ = 8 << 20
+
+
+class CorruptInputError(ValueError):
+    """An input file cannot be read at all (a corrupt or truncated gzip); the message names it.
+
+    A class of its own so that the driver can tell bad input, found by a worker, from a
+    failed worker: the executor reports the class name as the error type.
+    """
+
+
+def is_gzip(uri: str, head: bytes) -> bool:
+    """Compressed by name (``.gz``) or by content (the gzip magic bytes), whichever says so."""
+    return uri.endswith(".gz") or head.startswith(_GZIP_MAGIC)
+
+
+def read_gzip(storage: Storage, uri: str, limit: int = -1) -> bytes:
+    """The decompressed bytes of a gzip file, or the first ``limit`` of them, streamed
+    from storage (never the whole compressed object held at once). Reads are large for a
+    whole file (few GETs on S3) and small for a peek at its start."""
+    buffer_size = _GZIP_READ if limit < 0 else min(_GZIP_READ, max(limit, _READ_AHEAD))
+    try:
+        with storage.open_input(uri, buffer_size=buffer_size) as raw, gzip.GzipFile(fileobj=raw) as stream:
+            return stream.read(limit)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise CorruptInputError(
+            f"{uri}: cannot decompress this gzip file, is it corrupt or truncated? ({exc})"
+        ) from None
 
 
 def read_line_range(storage: Storage, uri: str, start: int, end: int, size: int) -> bytes:

@@ -1,7 +1,10 @@
-"""Fixtures for the executor tests: test handlers on disk and local Lambda runtimes that clean up after themselves."""
+"""Fixtures for the executor tests: test handlers on disk and local Lambda runtimes that clean up after themselves;
+and a moto S3 server reached through an Airflow connection, for the S3 tests."""
 
 from __future__ import annotations
 
+import json
+import os
 import textwrap
 import threading
 import time
@@ -9,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from moto.server import ThreadedMotoServer
 
 from cirrus_airflow.executor import FunctionConfig, LocalLambdaRuntime
 
@@ -178,3 +182,24 @@ def process_exists() -> Callable[[int], bool]:
         return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
     return exists
+
+
+@pytest.fixture
+def moto_endpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 and the Airflow connection ``moto`` that reaches it; no AWS settings
+    are left in the environment, so whatever works did so through the connection."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AIRFLOW_CONN_MOTO", json.dumps({
+        "conn_type": "aws", "login": "moto-key", "password": "moto-secret",
+        "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+    }))
+    yield endpoint
+    server.stop()

@@ -3,12 +3,7 @@ Amazon provider's hooks and by the local runtime's workers through the credentia
 and endpoint that the Airflow connection gave them - no AWS settings in the
 environment at all."""
 
-import json
-import os
-
 import boto3
-import pytest
-from moto.server import ThreadedMotoServer
 
 from cirrus_airflow.datasets import write_synthetic_criteo
 from cirrus_airflow.executor import ExecutorSettings
@@ -16,25 +11,6 @@ from cirrus_airflow.hooks import CirrusHook
 from cirrus_airflow.preprocess import PreprocessConfig, run_preprocess
 from cirrus_airflow.shards import read_manifest
 from cirrus_airflow.training import TrainConfig, TrainingJob
-
-
-@pytest.fixture
-def moto_endpoint(monkeypatch, tmp_path):
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AIRFLOW_CONN_MOTO", json.dumps({
-        "conn_type": "aws", "login": "moto-key", "password": "moto-secret",
-        "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-    }))
-    yield endpoint
-    server.stop()
 
 
 def test_preprocess_and_train_over_s3_with_credentials_from_the_connection(moto_endpoint, tmp_path):
