@@ -14,6 +14,7 @@ os.environ.setdefault(
 
 
 import time as _time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -62,3 +63,21 @@ class InlineExecutor(ServerlessExecutor):
 def inline_executor():
     with InlineExecutor() as executor:
         yield executor
+
+
+@pytest.fixture
+def moto_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 (its endpoint URL), with every AWS setting cleared from the
+    environment, so each test says itself how its code reaches S3."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    yield f"http://{host}:{port}"
+    server.stop()

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from moto.server import ThreadedMotoServer
 
 from cirrus_airflow.executor import FunctionConfig, LocalLambdaRuntime
 
@@ -185,21 +184,11 @@ def process_exists() -> Callable[[int], bool]:
 
 
 @pytest.fixture
-def moto_endpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1 and the Airflow connection ``moto`` that reaches it; no AWS settings
-    are left in the environment, so whatever works did so through the connection."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+def moto_endpoint(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The moto server and the Airflow connection ``moto`` that reaches it; no AWS settings are in the
+    environment, so whatever works did so through the connection."""
     monkeypatch.setenv("AIRFLOW_CONN_MOTO", json.dumps({
         "conn_type": "aws", "login": "moto-key", "password": "moto-secret",
-        "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+        "extra": {"endpoint_url": moto_server, "region_name": "us-east-1"},
     }))
-    yield endpoint
-    server.stop()
+    return moto_server

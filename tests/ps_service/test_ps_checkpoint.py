@@ -204,27 +204,16 @@ def test_kill_minus_nine_between_checkpoints_loses_at_most_one_interval(tmp_path
 
 
 @pytest.fixture
-def moto_s3(monkeypatch, tmp_path):
-    """A moto S3 server on 127.0.0.1 that boto3's default chain (what the server uses) reaches."""
-    moto_server = pytest.importorskip("moto.server")
+def moto_s3(moto_server, monkeypatch):
+    """The moto server reached through boto3's default chain, which is what the server uses."""
     boto3 = pytest.importorskip("boto3")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "moto-key")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "moto-secret")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="bucket")
-    yield s3
-    server.stop()
+    return s3
 
 
 @pytest.mark.parametrize("shards", [1, 2])
