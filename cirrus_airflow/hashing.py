@@ -25,18 +25,32 @@ SEED_SALT = 0x9E3779B97F4A7C15
 _C1 = np.uint64(0xFF51AFD7ED558CCD)
 _C2 = np.uint64(0xC4CEB9FE1A85EC53)
 _S33 = np.uint64(33)
-# _WORD_MASKS[k] keeps the low k bytes of a word (k >= 8 keeps all of it).
-_WORD_MASKS = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [MASK64], dtype=np.uint64)
+# WORD_MASKS[k] keeps the low k bytes of a word (k >= 8 keeps all of it).
+WORD_MASKS = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [MASK64], dtype=np.uint64)
 
 
 def fmix64(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's finaliser on a uint64 array (wrapping arithmetic, in place-safe)."""
+    """MurmurHash3's finaliser on a uint64 array (wrapping arithmetic); ``h`` is left as it was."""
     h = h ^ (h >> _S33)
-    h = h * _C1
-    h ^= h >> _S33
-    h *= _C2
-    h ^= h >> _S33
+    _fmix64_rest(h, np.empty_like(h))
     return h
+
+
+def _fmix64_inplace(h: np.ndarray, scratch: np.ndarray) -> None:
+    """fmix64 written into ``h`` itself, with ``scratch`` (same shape) for the shifts: the hot
+    loops hash millions of words a split, and a fresh array per step costs as much as the step."""
+    np.right_shift(h, _S33, out=scratch)
+    h ^= scratch
+    _fmix64_rest(h, scratch)
+
+
+def _fmix64_rest(h: np.ndarray, scratch: np.ndarray) -> None:
+    h *= _C1
+    np.right_shift(h, _S33, out=scratch)
+    h ^= scratch
+    h *= _C2
+    np.right_shift(h, _S33, out=scratch)
+    h ^= scratch
 
 
 def _fmix64_int(h: int) -> int:
@@ -86,38 +100,90 @@ def hash_spans(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, seed: 
 
     Spans may lie anywhere in ``data`` (fields of text lines need not be copied out).
     """
-    n = len(starts)
-    if len(data) < 8:
-        data = np.concatenate([data, np.zeros(8 - len(data), dtype=np.uint8)])
-    data = np.ascontiguousarray(data)
-    # Unaligned 8-byte reads at every offset, as a view: no copy of the block.
-    words_at = np.ndarray(shape=(len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))
-    last = len(data) - 8
+    starts, lengths = np.asarray(starts), np.asarray(lengths)
+    return hash_span_columns(data, starts[:, None], lengths[:, None], [seed])[:, 0]
 
-    starts = np.asarray(starts, dtype=np.int64)
-    lengths = np.asarray(lengths, dtype=np.int64)
-    h = np.full(n, _fmix64_int(seed ^ SEED_SALT), dtype=np.uint64)
-    longest = int(lengths.max()) if n else 0
-    if longest > 8:
-        # Longer values first, so the rows still hashing a word p are a prefix.
-        order = np.argsort(-lengths, kind="stable")
-        starts, lengths = starts[order], lengths[order]
-    for word in range(0, max((longest + 7) // 8, 1)):
-        active = n if word == 0 else int(np.count_nonzero(lengths > 8 * word))
-        pos = starts[:active] + 8 * word
-        # A word that would run past the end is read from the last 8 bytes and shifted
-        # down, which zero-fills it as the definition's padding does.
-        overhang = np.clip(pos - last, 0, 7).astype(np.uint64)
-        w = words_at[np.minimum(pos, last)] >> (overhang * np.uint64(8))
-        if longest < 8 * (word + 1) or (lengths[:active] < 8 * (word + 1)).any():
-            w = w & _WORD_MASKS[np.clip(lengths[:active] - 8 * word, 0, 8)]
-        h[:active] = fmix64(h[:active] ^ w)
-    h = fmix64(h ^ lengths.astype(np.uint64))
-    if longest > 8:
-        unsorted = np.empty_like(h)
-        unsorted[order] = h
-        h = unsorted
+
+def hash_span_columns(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, seeds: list[int]) -> np.ndarray:
+    """Column j is ``hash_spans(data, starts[:, j], lengths[:, j], seeds[j])``, for (rows, k)
+    spans such as some fields of every line.
+
+    The work goes a band of rows at a time: a row's spans are read together, and the
+    band's bytes stay in cache while all their words are hashed. One column at a time
+    over a whole block would fetch every line from memory again for every column and
+    every word.
+    """
+    n, k = starts.shape
+    out = np.empty((n, k), dtype=np.uint64)
+    if not out.size:
+        return out
+    reader = WordReader(data)
+    first = np.array([_fmix64_int((seed ^ SEED_SALT) & MASK64) for seed in seeds], dtype=np.uint64)
+    words = max((int(lengths.max()) + 7) // 8, 1)
+    band = max(_BAND // (k * words), _STEP // k, 1)
+    for lo in range(0, n, band):
+        rows = slice(lo, lo + band)
+        out[rows] = _hash_band(reader, np.ascontiguousarray(starts[rows], dtype=np.int64),
+                               np.ascontiguousarray(lengths[rows], dtype=np.int64), first)
+    return out
+
+
+# A band holds about _BAND words, so that they and their bytes stay in cache, but at
+# least _STEP spans, so that each vectorised step is long enough to amortise numpy's
+# call overhead (long spans such as whole lines have many words and few rows).
+_BAND = 1 << 16
+_STEP = 1 << 14
+
+
+def _hash_band(reader: WordReader, starts: np.ndarray, lengths: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """The hashes of a band of (rows, k) spans: the definition, one word index at a time."""
+    last = np.maximum((lengths + 7) >> 3, 1) - 1  # each span's last word
+    most, full = int(last.max()) + 1, int(last.min())  # words [0, full) are whole in every span
+    words = reader.at(starts[None] + 8 * np.arange(most)[:, None, None])
+    scratch = np.empty_like(starts, dtype=np.uint64)
+    h = None
+    for w in range(most):
+        word = words[w]
+        if w >= full:  # some span ends here (keep its bytes only) or has ended (it keeps its h)
+            word &= WORD_MASKS[np.clip(lengths - 8 * w, 0, 8)]
+        if h is None:
+            h = word ^ first
+            _fmix64_inplace(h, scratch)
+        elif w < full:
+            h ^= word
+            _fmix64_inplace(h, scratch)
+        else:
+            word ^= h
+            _fmix64_inplace(word, scratch)
+            h = np.where(w <= last, word, h)
+    h ^= lengths.astype(np.uint64)
+    _fmix64_inplace(h, scratch)
     return h
+
+
+class WordReader:
+    """8-byte little-endian words read at any byte offset of a block, as uint64.
+
+    A view of the block, not a copy: the unaligned read at offset p is element p of a
+    stride-1 view. A word that would run past the end is read from the last 8 bytes and
+    shifted down, which zero-fills it as the hash definition's padding does.
+    """
+
+    def __init__(self, data: np.ndarray) -> None:
+        data = np.ascontiguousarray(data, dtype=np.uint8)
+        if len(data) < 8:
+            data = np.concatenate([data, np.zeros(8 - len(data), dtype=np.uint8)])
+        self.last = len(data) - 8
+        self.words = np.ndarray(shape=(self.last + 1,), dtype="<u8", buffer=data, strides=(1,))
+
+    def at(self, positions: np.ndarray) -> np.ndarray:
+        """The words at ``positions`` (a new array, free to be modified)."""
+        try:
+            return self.words[positions]  # numpy checks the bounds as it gathers
+        except IndexError:
+            pass
+        overhang = np.clip(positions - self.last, 0, 7).astype(np.uint64)
+        return self.words[np.minimum(positions, self.last)] >> (overhang << np.uint64(3))
 
 
 def hash_float64(values: np.ndarray, seed: int) -> np.ndarray:

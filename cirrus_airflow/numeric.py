@@ -16,8 +16,28 @@ NORMALIZERS = ("minmax", "standard", "none")
 
 
 def log_counts(x: np.ndarray) -> np.ndarray:
-    """sign(x) * log(1 + |x|): tames heavy-tailed counts and keeps negatives apart."""
-    return np.sign(x) * np.log1p(np.abs(x))
+    """sign(x) * log(1 + |x|): tames heavy-tailed counts and keeps negatives apart.
+
+    log1p is by far the slowest step, and counts are mostly small integers: theirs are
+    looked up in a table made by the same np.log1p, so every value is the same to the
+    bit; only the other values are computed. (NaN looks up log1p(0), and sign(NaN)
+    makes the product NaN, as before.)
+    """
+    x = np.asarray(x)
+    if x.dtype != np.float64:
+        return np.sign(x) * np.log1p(np.abs(x))
+    magnitude = np.abs(x)
+    small = magnitude < len(_LOG1P)  # False for NaN
+    index = np.where(small, magnitude, 0.0).astype(np.intp)
+    logged = _LOG1P[index]
+    other = ~((small & (index == magnitude)) | np.isnan(magnitude))
+    if other.any():
+        logged[other] = np.log1p(magnitude[other])
+    return np.sign(x) * logged
+
+
+# log1p of 0, 1, ..., 65535 (see log_counts).
+_LOG1P = np.log1p(np.arange(1 << 16, dtype=np.float64))
 
 
 @dataclass

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cirrus_airflow import hashing
-from cirrus_airflow.formats.text import Lines, split_lines
+from cirrus_airflow.formats.text import Fields, Lines, split_lines, split_uniform
 from cirrus_airflow.numeric import ColumnStats, log_counts, normalize
 from cirrus_airflow.rejects import BAD_LABEL, BAD_NUMBER, WRONG_FIELD_COUNT, RejectedRows
 from cirrus_airflow.shards import SparseRows
@@ -70,19 +70,29 @@ class CriteoRows:
 
     labels: np.ndarray  # float32 (n,)
     integers: np.ndarray  # float64 (n, 13), NaN where missing
-    categorical: np.ndarray  # uint64 (n, 26)
+    categorical: np.ndarray  # uint64 (n, 26); (n, 0) when parsed with hash_categorical=False
     lines: np.ndarray  # int64 (n,), 1-based line numbers in the source file
+    hashes: np.ndarray | None = None  # uint64 (n,), see row_hash
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def row_hash(self) -> np.ndarray:
-        """A hash of each row's content, the same wherever and whenever it is parsed."""
-        numbers = hashing.hash_float64(np.column_stack([self.labels.astype(np.float64), self.integers]), 0)
-        return hashing.combine_columns(
-            [numbers[:, j] for j in range(numbers.shape[1])]
-            + [self.categorical[:, j] for j in range(NUM_CATEGORICAL)]
-        )
+        """A hash of each row, the same wherever and whenever it is parsed: the hash of its
+        line's text, ``hashing.hash_spans`` of the bytes before the line end (LF or CRLF
+        alike) with seed ``ROW_HASH_SEED``, computed by ``parse_block``.
+
+        The text rather than the parsed values, so that the train/test split needs no
+        categorical hashes (the first pass goes without them). The same line always lands
+        on the same side; the same row written otherwise (as CSV rather than TSV, "1.0"
+        for "1") may not.
+        """
+        if self.hashes is None:
+            raise ValueError("row hashes are those of the parsed lines: get the rows from parse_block")
+        return self.hashes
+
+
+ROW_HASH_SEED = 0  # the seed of the row hashes (see CriteoRows.row_hash)
 
 
 @dataclass
@@ -94,10 +104,22 @@ class ParsedBlock:
 
 
 def parse_block(
-    data: bytes, dialect: CriteoDialect, *, first_line: int, skip_header: bool, hash_seed: int
+    data: bytes,
+    dialect: CriteoDialect,
+    *,
+    first_line: int,
+    skip_header: bool,
+    hash_seed: int,
+    hash_categorical: bool = True,
 ) -> ParsedBlock:
-    """Parse whole lines of Criteo text; bad rows are set aside with their reason."""
-    lines = split_lines(data)
+    """Parse whole lines of Criteo text; bad rows are set aside with their reason.
+
+    ``hash_categorical=False`` leaves the categorical columns unhashed (``categorical``
+    is then (n, 0)): for a pass that needs only labels, integers and row hashes, they are
+    most of the parsing work.
+    """
+    uniform = split_uniform(data, dialect.delimiter.encode(), NUM_FIELDS)
+    lines = uniform[0] if uniform else split_lines(data)
     n = len(lines)
     blank = lines.blank()
     keep = ~blank
@@ -106,40 +128,67 @@ def parse_block(
     line_numbers = np.arange(first_line, first_line + n, dtype=np.int64)
     rejected = RejectedRows()
 
-    delimiters = lines.delimiters(dialect.delimiter.encode())
-    wrong = keep & (delimiters.counts != NUM_FIELDS)
-    _reject(rejected, lines, line_numbers, np.flatnonzero(wrong), WRONG_FIELD_COUNT)
-    candidates = np.flatnonzero(keep & ~wrong)
-    fields = lines.fields(delimiters, candidates, NUM_FIELDS)
+    if uniform:
+        # Every line has its 40 fields: only the header and blank lines are left out.
+        candidates = np.flatnonzero(keep)
+        fields = uniform[1]
+        if len(candidates) < n:
+            fields = fields.take(candidates)
+    else:
+        delimiters = lines.delimiters(dialect.delimiter.encode())
+        wrong = keep & (delimiters.counts != NUM_FIELDS)
+        _reject(rejected, lines, line_numbers, np.flatnonzero(wrong), WRONG_FIELD_COUNT)
+        candidates = np.flatnonzero(keep & ~wrong)
+        fields = lines.fields(delimiters, candidates, NUM_FIELDS)
 
-    labels = _parse_numbers(fields.column(0), allow_missing=False)
+    labels = _parse_numeric_columns(fields, slice(0, 1))[:, 0]
     bad = np.isnan(labels) | ~np.isin(labels, (0.0, 1.0))
     _reject(rejected, lines, line_numbers, candidates[bad], BAD_LABEL)
 
-    integers = np.column_stack(
-        [_parse_numbers(fields.column(1 + j), allow_missing=True) for j in range(NUM_INTEGER)]
-    ) if len(candidates) else np.empty((0, NUM_INTEGER))
-    bad_number = ~bad & np.isinf(integers).any(axis=1)
-    _reject(rejected, lines, line_numbers, candidates[bad_number], BAD_NUMBER)
-    bad |= bad_number
+    integers = _parse_numeric_columns(fields, slice(1, 1 + NUM_INTEGER))
+    infinite = np.isinf(integers)
+    if infinite.any():  # a check of the whole array first: row by row is slow, and rarely needed
+        bad_number = ~bad & infinite.any(axis=1)
+        _reject(rejected, lines, line_numbers, candidates[bad_number], BAD_NUMBER)
+        bad |= bad_number
 
-    good = np.flatnonzero(~bad)
-    if len(good) != len(candidates):
-        fields = fields.take(good)
-    categorical = np.empty((len(good), NUM_CATEGORICAL), dtype=np.uint64)
-    for j in range(NUM_CATEGORICAL):
-        col = 1 + NUM_INTEGER + j
-        categorical[:, j] = hashing.hash_spans(
-            fields.data, fields.starts[col], fields.lengths(col), hashing.derive_seed(hash_seed, j)
-        )
+    if bad.any():
+        good = np.flatnonzero(~bad)
+        fields, labels, integers, candidates = fields.take(good), labels[good], integers[good], candidates[good]
+    if hash_categorical:
+        cat = slice(1 + NUM_INTEGER, NUM_FIELDS)
+        seeds = [hashing.derive_seed(hash_seed, j) for j in range(NUM_CATEGORICAL)]
+        starts = fields.starts[cat]
+        categorical = hashing.hash_span_columns(fields.data, starts.T, (fields.ends[cat] - starts).T, seeds)
+    else:
+        categorical = np.empty((len(candidates), 0), dtype=np.uint64)
+    starts = lines.starts[candidates]
+    hashes = hashing.hash_spans(lines.data, starts, lines.ends[candidates] - starts, ROW_HASH_SEED)
 
     rows = CriteoRows(
-        labels=labels[good].astype(np.float32),
-        integers=integers[good],
+        labels=labels.astype(np.float32),
+        integers=integers,
         categorical=categorical,
-        lines=line_numbers[candidates[good]],
+        lines=line_numbers[candidates],
+        hashes=hashes,
     )
     return ParsedBlock(rows=rows, rejected=rejected, lines=n, blank=int(blank.sum()))
+
+
+def _parse_numeric_columns(fields: Fields, columns: slice) -> np.ndarray:
+    """Some of the label and integer columns as (rows, k) float64, as ``_parse_numbers``
+    reads them (the label, column 0, may not be missing).
+
+    Plain integers (all of Criteo's values, as a rule) are read straight from the block's
+    bytes; only the other values, if any, are copied out for Arrow.
+    """
+    numbers, unparsed = fields.small_integers(columns)
+    if not unparsed.any():
+        return numbers
+    for j in np.flatnonzero(unparsed.any(axis=0)):
+        rows, column = np.flatnonzero(unparsed[:, j]), columns.start + int(j)
+        numbers[rows, j] = _parse_numbers(fields.column(column, rows), allow_missing=column > 0)
+    return numbers
 
 
 def _parse_numbers(values: pa.Array, *, allow_missing: bool) -> np.ndarray:
@@ -192,17 +241,28 @@ class CriteoFeatures:
         n = len(rows)
         numeric = normalize(self.numeric_view(rows.integers), self.stats, self.normalize)
         missing = np.isnan(numeric)
-        mask = np.uint64((1 << self.hash_bits) - 1)
-        indices = np.empty((n, NUM_FIELDS - 1 + NUM_INTEGER), dtype=np.int64)
-        values = np.ones((n, NUM_FIELDS - 1 + NUM_INTEGER), dtype=np.float32)
-        present = np.ones((n, NUM_FIELDS - 1 + NUM_INTEGER), dtype=bool)
-        indices[:, :NUM_INTEGER] = np.arange(NUM_INTEGER)
-        values[:, :NUM_INTEGER] = np.where(missing, 0.0, numeric)
-        present[:, :NUM_INTEGER] = ~missing
-        indices[:, NUM_INTEGER:HASHED_OFFSET] = np.arange(NUM_INTEGER, HASHED_OFFSET)
-        present[:, NUM_INTEGER:HASHED_OFFSET] = missing
-        indices[:, HASHED_OFFSET:] = HASHED_OFFSET + (rows.categorical & mask).astype(np.int64)
-        return SparseRows.from_dense_mask(rows.labels, indices, values, present)
+        # Each integer feature gives one entry, its value or its missing indicator, so every
+        # row has 13 + 26 entries: the present values, the indicators of the missing ones
+        # (each group in column order), then the categorical. The CSR arrays are then
+        # (n, 39) arrays, built in place, with no mask over a wider candidate array.
+        used = np.concatenate([~missing, missing], axis=1)  # which value and indicator slots
+        slots = np.broadcast_to(np.arange(HASHED_OFFSET, dtype=np.int32), used.shape)
+        width = NUM_INTEGER + NUM_CATEGORICAL
+        indices = np.empty((n, width), dtype=np.int32)
+        values = np.ones((n, width), dtype=np.float32)
+        indices[:, :NUM_INTEGER] = slots[used].reshape(n, NUM_INTEGER)
+        slot_values = np.ones(used.shape, dtype=np.float32)
+        slot_values[:, :NUM_INTEGER] = numeric
+        values[:, :NUM_INTEGER] = slot_values[used].reshape(n, NUM_INTEGER)
+        buckets = indices[:, NUM_INTEGER:]
+        np.bitwise_and(rows.categorical, np.uint64((1 << self.hash_bits) - 1), out=buckets, casting="unsafe")
+        buckets += HASHED_OFFSET
+        return SparseRows(
+            labels=np.asarray(rows.labels, dtype=np.float32),
+            indptr=np.arange(0, width * n + 1, width, dtype=np.int64),
+            indices=indices.reshape(-1),
+            values=values.reshape(-1),
+        )
 
     def to_json(self) -> dict:
         return {

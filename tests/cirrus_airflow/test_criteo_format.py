@@ -1,9 +1,12 @@
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
+from cirrus_airflow import hashing
 from cirrus_airflow.formats import criteo
+from cirrus_airflow.formats.text import split_uniform
 from cirrus_airflow.numeric import ColumnStats
 
 SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "criteo-sample" / "criteo_sample.csv"
@@ -82,6 +85,49 @@ def test_transform_layout():
     assert idx[12] == 13 and val[12] == 1.0  # I1 is missing: its indicator is on
     assert all(26 <= i < 42 for i in idx[13:]) and len(idx) == 12 + 1 + 26
     assert criteo.CriteoFeatures.from_json(features.to_json()).to_json() == features.to_json()
+
+
+def _parse(text: str, **kw) -> criteo.ParsedBlock:
+    return criteo.parse_block(text.encode(), criteo.CriteoDialect("\t", False), first_line=1, skip_header=False,
+                              hash_seed=3, **kw)
+
+
+def test_row_hash_is_the_hash_of_the_line_text():
+    lines = [_row("0"), _row("1", ints=[""] * 13), _row("0")]
+    rows = _parse("\n".join(lines) + "\n").rows
+    want = [hashing.hash_bytes_reference(line.encode(), criteo.ROW_HASH_SEED) for line in lines]
+    assert [int(h) for h in rows.row_hash()] == want
+    # The same line hashes alike wherever it is and whatever its line end; another does not.
+    moved = _parse("\r\n".join([_row("1", cats=["x"] * 26), lines[1]]) + "\r\n").rows.row_hash()
+    assert moved[1] == want[1] and moved[0] not in want
+
+
+def test_the_first_pass_can_leave_the_categorical_columns_unhashed():
+    text = "\n".join([_row(), "1\t2", _row(label="7"), _row(ints=["-3"] * 13)]) + "\n"
+    full, bare = _parse(text), _parse(text, hash_categorical=False)
+    assert bare.rows.categorical.shape == (2, 0) and full.rows.categorical.shape == (2, 26)
+    assert np.array_equal(bare.rows.integers, full.rows.integers) and np.array_equal(bare.rows.labels, full.rows.labels)
+    assert np.array_equal(bare.rows.row_hash(), full.rows.row_hash())
+    assert bare.rejected.lines == full.rejected.lines == [2, 3]
+
+
+def test_numbers_read_from_the_bytes_are_arrows_and_both_paths_agree():
+    values = ["0", "-0", "007", "-00012345", "12345678", "99999999", "123456789", "-1", "+5", "3.0", "1e3",
+              "", "9" * 20, "42", "nan", "-", "12a", "0x1"]
+    lines = [_row(ints=(values[i:] + values[:i])[:13]) for i in range(len(values))]
+    clean_text, general_text = "\n".join(lines) + "\n", "\r\n".join(lines) + "\r\n\n"  # CRLF, a blank line
+    assert split_uniform(clean_text.encode(), b"\t", 40) and not split_uniform(general_text.encode(), b"\t", 40)
+    clean, general = _parse(clean_text), _parse(general_text)
+    for block in (clean, general):
+        assert block.rows.integers.view(np.uint64).tolist() == clean.rows.integers.view(np.uint64).tolist()
+        assert np.array_equal(block.rows.categorical, clean.rows.categorical)
+        assert np.array_equal(block.rows.row_hash(), clean.rows.row_hash())
+    # Line i holds the values from i on; each row is what Arrow's cast reads (+inf: rejected).
+    arrow = criteo._parse_numbers(pa.array([v.encode() for v in values], pa.binary()), allow_missing=True)
+    want = [np.roll(arrow, -i)[:13] for i in range(len(values))]
+    kept = [i for i in range(len(values)) if not np.isinf(want[i]).any()]
+    assert 0 < len(kept) < len(values) and (clean.rows.lines - 1).tolist() == kept
+    assert clean.rows.integers.view(np.uint64).tolist() == np.array([want[i] for i in kept]).view(np.uint64).tolist()
 
 
 @pytest.mark.skipif(not SAMPLE.exists(), reason="../shared/data is not present")
