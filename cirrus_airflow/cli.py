@@ -20,9 +20,17 @@ from typing import Any
 from cirrus_airflow.executor import ExecutorSettings, InvocationError, ServerlessExecutor
 from cirrus_airflow.executor.settings import EXECUTOR_ENV, EXECUTORS, default_executor_kind
 from cirrus_airflow.numeric import NORMALIZERS
-from cirrus_airflow.preprocess import FORMATS, PreprocessConfig, PreprocessError, run_preprocess
+from cirrus_airflow.preprocess import (
+    DEFAULT_TEST_FRACTION,
+    FORMATS,
+    PreprocessConfig,
+    PreprocessError,
+    run_preprocess,
+)
 from cirrus_airflow.report import format_table
 from cirrus_airflow.storage import Storage, StorageError, join
+from cirrus_airflow.transforms.sparse import INDEX_BASES
+from cirrus_airflow.transforms.tabular import MISSING_MODES
 from cirrus_airflow.training import OPTIMIZERS, TrainConfig, TrainingError, TrainingJob
 from ps_service.serve import build_parser as ps_parser
 from ps_service.serve import run as ps_run
@@ -81,11 +89,35 @@ def _add_executor_args(p: argparse.ArgumentParser) -> None:
 
 def _preprocess_config(args: argparse.Namespace) -> PreprocessConfig:
     return PreprocessConfig(
-        inputs=args.input, output=args.output, format=args.format, hash_bits=args.hash_bits,
-        hash_seed=args.hash_seed, log_transform=args.log_counts, normalize=args.normalize,
-        test_fraction=args.test_fraction, split_seed=args.split_seed, workers=args.workers,
-        row_group_rows=args.row_group_rows, max_rejected_fraction=args.max_rejected_fraction,
+        inputs=args.input, output=args.output, format=args.format, test_inputs=args.test_input or [],
+        hash_bits=args.hash_bits, hash_seed=args.hash_seed, log_transform=args.log_counts,
+        normalize=args.normalize, missing=args.missing, signed_hash=args.signed_hash,
+        crosses=[_pair(c, "--cross") for c in args.cross or []], min_count=args.min_count,
+        index_base=args.index_base, num_features=args.num_features,
+        columns=tuple(_names(args.columns, 3, "--columns")) if args.columns else None,
+        schema=_schema(args),
+        test_fraction=args.test_fraction, split_seed=args.split_seed, shard_rows=args.shard_rows,
+        workers=args.workers, row_group_rows=args.row_group_rows, max_rejected_fraction=args.max_rejected_fraction,
     )
+
+
+def _names(text: str, count: int, flag: str) -> list[str]:
+    names = [n.strip() for n in text.split(",")]
+    if len(names) != count or not all(names):
+        raise ValueError(f"{flag} takes {count} comma-separated column names, got {text!r}")
+    return names
+
+
+def _schema(args: argparse.Namespace) -> dict | None:
+    if not (args.label or args.numeric or args.categorical):
+        return None
+    split = (lambda text: [n.strip() for n in text.split(",") if n.strip()] if text else [])
+    return {"label": args.label or "", "numeric": split(args.numeric), "categorical": split(args.categorical)}
+
+
+def _pair(text: str, flag: str) -> tuple[str, str]:
+    a, b = _names(text, 2, flag)
+    return a, b
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
@@ -199,18 +231,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", action="append", required=True, metavar="URI",
                    help="input file, folder/S3 prefix or glob (*, ?, [...]; quote it so that the shell leaves "
                         "it alone: 'data/day_*.tsv'); .gz files are decompressed (repeatable)")
+    p.add_argument("--test-input", action="append", metavar="URI",
+                   help="held-out rows from separate files instead of --test-fraction (repeatable)")
     p.add_argument("--output", required=True, metavar="URI", help="output folder")
     p.add_argument("--format", choices=FORMATS, default="criteo")
-    p.add_argument("--hash-bits", type=int, default=18, metavar="N", help="2**N hashed features")
-    p.add_argument("--hash-seed", type=int, default=0)
-    p.add_argument("--normalize", choices=NORMALIZERS, default="minmax")
-    p.add_argument("--log-counts", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--normalize", choices=NORMALIZERS, default="minmax",
+                   help="scale numeric features (libsvm: minmax divides by the largest |x|, standard by the "
+                        "standard deviation, so that zeros stay zeros)")
+    g = p.add_argument_group("click data (criteo)")
+    g.add_argument("--hash-bits", type=int, default=18, metavar="N", help="2**N hashed features")
+    g.add_argument("--hash-seed", type=int, default=0)
+    g.add_argument("--signed-hash", action="store_true", help="hashed features are +1 or -1 by a hash bit")
+    g.add_argument("--cross", action="append", metavar="A,B",
+                   help="also hash the pair of categorical columns A and B, e.g. C1,C2 (repeatable)")
+    g.add_argument("--min-count", type=int, default=1, metavar="N",
+                   help="fold categorical buckets seen fewer than N times in training into a rare bucket")
+    g.add_argument("--log-counts", action=argparse.BooleanOptionalAction, default=True,
                    help="log(1+x)-transform numeric columns")
-    p.add_argument("--test-fraction", type=float, default=0.2, metavar="F")
-    p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=4, help="minimum number of parallel splits")
-    p.add_argument("--row-group-rows", type=int, default=4096)
-    p.add_argument("--max-rejected-fraction", type=float, default=0.01)
+    g.add_argument("--missing", choices=MISSING_MODES, default="indicator",
+                   help="a missing number as an indicator feature, or imputed with the training mean")
+    g = p.add_argument_group("LIBSVM")
+    g.add_argument("--index-base", choices=INDEX_BASES, default="auto",
+                   help="0- or 1-based indices (auto: 0-based if any row uses index 0)")
+    g.add_argument("--num-features", type=int, metavar="N", help="rows with a larger index are rejected")
+    g = p.add_argument_group("csv and parquet (the columns to read)")
+    g.add_argument("--label", metavar="NAME", help="the 0/1 label column")
+    g.add_argument("--numeric", metavar="A,B,...", help="numeric columns")
+    g.add_argument("--categorical", metavar="A,B,...", help="categorical columns (hashed)")
+    g = p.add_argument_group("ratings")
+    g.add_argument("--columns", metavar="USER,ITEM,RATING", help="column names, if the header's are unusual")
+    g = p.add_argument_group("split and shards")
+    g.add_argument("--test-fraction", type=float, metavar="F",
+                   help=f"held-out share, chosen by a hash of the row (default {DEFAULT_TEST_FRACTION})")
+    g.add_argument("--split-seed", type=int, default=0)
+    g.add_argument("--shard-rows", type=int, default=250_000, help="target rows per output shard")
+    g.add_argument("--row-group-rows", type=int, default=4096, help="rows a training worker reads at once")
+    g.add_argument("--workers", type=int, default=4, help="minimum number of parallel splits")
+    g.add_argument("--max-rejected-fraction", type=float, default=0.01)
     _add_executor_args(p)
 
     p = command("train", cmd_train, "train a model on preprocessed shards with serverless workers")

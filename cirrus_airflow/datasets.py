@@ -1,6 +1,8 @@
-"""A deterministic generator of Criteo-shaped click data, the demo's embedded data set.
+"""Deterministic generators of the embedded data sets: Criteo-shaped click logs (the
+demo), and ratings and LIBSVM vectors from hidden models, so that tests and benchmarks
+on a fresh machine know what a trained model should reach.
 
-Rows look like Criteo's display-advertising logs - a 0/1 label, 13 heavy-tailed
+Click rows look like Criteo's display-advertising logs - a 0/1 label, 13 heavy-tailed
 integer counts, 26 categorical columns of 8-hex-digit tokens drawn from power-law
 vocabularies, and missing values in both - and the label comes from a hidden
 logistic model over them, so a trained model can be scored against a known truth.
@@ -155,3 +157,66 @@ def write_synthetic_criteo(
     data = sink.getvalue()
     storage.write_bytes(uri, data)
     return {"uri": uri, "rows": rows, "bytes": len(data), "seed": seed, "dialect": dialect}
+
+
+def synthetic_ratings(
+    *, users: int, items: int, rows: int, rank: int = 4, noise: float = 0.25, seed: int = 0
+) -> tuple[pa.Table, dict]:
+    """Ratings from a hidden biased low-rank model, and the model's own held-out floor.
+
+    rating = mean + user bias + item bias + <p_u, q_i> + noise, clipped to [0.5, 5]:
+    a matrix factorisation of the right rank can reach an error close to ``noise``,
+    which is what the returned ``truth`` says tests may expect. Users and items are
+    drawn with a power law, as in real ratings, and ids are sparse numbers (like
+    MovieLens), so that the mapping to dense indices is exercised.
+    """
+    if min(users, items, rows, rank) < 1:
+        raise ValueError("users, items, rows and rank must all be at least 1")
+    rng = np.random.default_rng([seed, 0x4A71])
+    p = rng.normal(0.0, 0.6 / np.sqrt(rank), (users, rank))
+    q = rng.normal(0.0, 0.6 / np.sqrt(rank), (items, rank))
+    user_bias, item_bias = rng.normal(0.0, 0.3, users), rng.normal(0.0, 0.4, items)
+    u = np.minimum((rng.pareto(1.2, rows) * users / 20).astype(np.int64), users - 1)
+    i = np.minimum((rng.pareto(1.0, rows) * items / 50).astype(np.int64), items - 1)
+    clean = 3.5 + user_bias[u] + item_bias[i] + np.einsum("nk,nk->n", p[u], q[i])
+    rating = np.clip(clean + rng.normal(0.0, noise, rows), 0.5, 5.0)
+    user_ids, item_ids = 1 + 7 * np.arange(users), 10 + 3 * np.arange(items)
+    table = pa.table({
+        "userId": pa.array(user_ids[u]), "movieId": pa.array(item_ids[i]),
+        "rating": pa.array(np.round(rating, 2)), "timestamp": pa.array(1_600_000_000 + np.arange(rows)),
+    })
+    return table, {"noise": noise, "clean_rmse": float(np.sqrt(np.mean((np.clip(clean, 0.5, 5.0) - rating) ** 2)))}
+
+
+def write_synthetic_ratings(storage: Storage, uri: str, *, users: int = 500, items: int = 2000, rows: int = 50_000,
+                            rank: int = 4, noise: float = 0.25, seed: int = 0) -> dict:
+    """Write ``synthetic_ratings`` as a MovieLens-style CSV (``userId,movieId,rating,timestamp``)."""
+    table, truth = synthetic_ratings(users=users, items=items, rows=rows, rank=rank, noise=noise, seed=seed)
+    sink = io.BytesIO()
+    sink.write((",".join(table.column_names) + "\n").encode())
+    pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False, quoting_style="none"))
+    storage.write_bytes(uri, sink.getvalue())
+    return {"uri": uri, "rows": rows, "bytes": sink.tell(), "seed": seed, **truth}
+
+
+def write_synthetic_libsvm(storage: Storage, uri: str, *, rows: int = 20_000, features: int = 200, nnz: int = 12,
+                           zero_based: bool = False, signed_labels: bool = True, seed: int = 0) -> dict:
+    """Write LIBSVM text from a hidden sparse logistic model (binary features, like a9a).
+
+    Labels are -1/+1 (LIBSVM's convention) or 0/1; indices 0- or 1-based.
+    """
+    rng = np.random.default_rng([seed, 0x5173])
+    weights = rng.normal(0.0, 1.0, features)
+    # Each row's features, sorted and distinct: the first ``nnz`` of a random permutation key.
+    keys = rng.random((rows, features))
+    chosen = np.sort(np.argpartition(keys, nnz, axis=1)[:, :nnz], axis=1)
+    logit = weights[chosen].sum(axis=1) / np.sqrt(nnz)
+    positive = rng.random(rows) < 1.0 / (1.0 + np.exp(-2.0 * logit))
+    labels = np.where(positive, "+1" if signed_labels else "1", "-1" if signed_labels else "0")
+    index = chosen + (0 if zero_based else 1)
+    tokens = np.char.add(index.astype(str), ":1")
+    lines = [" ".join([label, *row]) for label, row in zip(labels.tolist(), tokens.tolist())]
+    data = ("\n".join(lines) + "\n").encode()
+    storage.write_bytes(uri, data)
+    return {"uri": uri, "rows": rows, "bytes": len(data), "features": features, "seed": seed,
+            "positive_rate": float(positive.mean())}

@@ -23,6 +23,12 @@ def get_provider_info() -> dict:
                 "python-modules": ["operators.preprocess", "operators.train", "operators.generate"],
             }
         ],
+        "triggers": [
+            {
+                "integration-name": "Cirrus",
+                "python-modules": ["operators.triggers"],
+            }
+        ],
         "hooks": [
             {
                 "integration-name": "Cirrus",

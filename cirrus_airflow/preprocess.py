@@ -1,33 +1,54 @@
-"""The preprocessing driver: plan splits, fan out two passes, write the manifest last.
+"""The preprocessing driver: plan splits, fan out three passes, write the manifest last.
 
 The driver only plans and merges; every byte of input is read by the map tasks in
 ``lambda_pkg.preprocess``, on whichever serverless executor it is given (the driver
 reads only the first bytes of each file, to tell its dialect and compression).
 
+    pass 1  preprocess.stats      one task per split: counts, bad rows, statistics
+            (driver)              merge the statistics into the fitted transform
+    pass 2  preprocess.transform  one task per split: features, rejected rows, and
+                                  the rows scattered over the output shards
+    pass 3  preprocess.combine    one task per shard: join, permute, write Parquet
+
 Inputs are files, folders/prefixes, globs (``data/day_*.tsv``,
 ``s3://bucket/logs/2026-*/part-*.tsv.gz``) or lists of them; plain text is cut into
-byte ranges, a gzip file is one split of its own.
+byte ranges, a gzip file is one split of its own. Test rows are either a seeded hash
+share of the input (``test_fraction``) or separate files (``test_inputs``).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from cirrus_airflow import hashing
 from cirrus_airflow.executor import InvocationError, ServerlessExecutor
-from cirrus_airflow.formats import criteo
 from cirrus_airflow.formats.text import CorruptInputError, is_gzip, plan_ranges, read_gzip
-from cirrus_airflow.numeric import NORMALIZERS, ColumnStats
+from cirrus_airflow.input_formats import (
+    FORMATS,
+    SCHEMA_FORMATS,
+    InputFormat,
+    criteo_transform,
+    input_format,
+    schema_transform,
+)
+from cirrus_airflow.numeric import NORMALIZERS
 from cirrus_airflow.shards import MANIFEST_NAME, Manifest, manifest_uri, write_manifest
-from cirrus_airflow.storage import Storage, StorageError, has_glob, is_s3, join, normalize
+from cirrus_airflow.shuffle import shard_count
+from cirrus_airflow.storage import Storage, StorageError, has_glob, is_s3, join, local_path, normalize
+from cirrus_airflow.transforms.ratings import RatingsTransform
+from cirrus_airflow.transforms.sparse import SparseTransform
+from cirrus_airflow.transforms.tabular import TabularTransform
+from cirrus_airflow.transforms.workspace import TRANSFORM, WORK, Workspace
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("criteo",)
-MAX_HASH_BITS = 26
+DEFAULT_TEST_FRACTION = 0.2
 Progress = Callable[[str, int, int], None]
 _SNIFF_BYTES = 1 << 16
 
@@ -38,64 +59,116 @@ class PreprocessError(RuntimeError):
 
 @dataclass
 class PreprocessConfig:
-    """What to preprocess and how; validated before any work starts."""
+    """What to preprocess and how; validated before any work starts.
+
+    Format options: ``criteo`` uses the tabular parameters (hashing, scaling, missing
+    values, crosses of categorical columns such as ``[("C1", "C2")]``, ``min_count``);
+    ``libsvm`` uses ``normalize``, ``index_base`` and ``num_features``; ``ratings`` uses
+    ``columns`` (the user, item and rating column names when the header is unusual);
+    ``csv`` and ``parquet`` need a ``schema`` (``{"label": NAME, "numeric": [NAMES],
+    "categorical": [NAMES]}``) and then take the same parameters as ``criteo``.
+    """
 
     inputs: list[str]
     output: str
     format: str = "criteo"
+    test_inputs: list[str] = field(default_factory=list)
     hash_bits: int = 18
     hash_seed: int = 0
     log_transform: bool = True
     normalize: str = "minmax"
-    test_fraction: float = 0.2
+    missing: str = "indicator"
+    signed_hash: bool = False
+    crosses: list[tuple[str, str]] = field(default_factory=list)
+    min_count: int = 1
+    index_base: str = "auto"
+    num_features: int | None = None
+    columns: tuple[str, str, str] | None = None
+    schema: dict | None = None
+    test_fraction: float | None = None
     split_seed: int = 0
+    shard_rows: int = 250_000
     row_group_rows: int = 4096
     split_bytes: int = 32 << 20
+    block_bytes: int = 32 << 20
     workers: int = 4
     max_rejected_fraction: float = 0.01
 
     def validate(self) -> None:
-        if isinstance(self.inputs, str):
-            raise ValueError(f"inputs must be a list of URIs, got the string {self.inputs!r}; wrap it in a list")
+        for name in ("inputs", "test_inputs"):
+            if isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a list of URIs, got the string {getattr(self, name)!r}; "
+                                 "wrap it in a list")
         if not self.inputs:
             raise ValueError("inputs is empty: give at least one input URI (a file, a folder/prefix or a glob)")
         if not self.output:
             raise ValueError("output is empty: give the URI of a folder (local path or s3://bucket/prefix)")
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
-        if not 1 <= self.hash_bits <= MAX_HASH_BITS:
-            raise ValueError(
-                f"hash_bits must be between 1 and {MAX_HASH_BITS} (2**bits features, each a weight and "
-                f"optimizer state on the parameter server), got {self.hash_bits}"
-            )
-        if self.normalize not in NORMALIZERS:
+        if self.normalize not in NORMALIZERS:  # every format but ratings scales something
             raise ValueError(f"normalize must be one of {NORMALIZERS}, got {self.normalize!r}")
-        if not 0.0 <= self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
-        if self.row_group_rows < 1:
-            raise ValueError(f"row_group_rows must be at least 1, got {self.row_group_rows}")
-        if self.split_bytes < 1024:
-            raise ValueError(f"split_bytes must be at least 1024, got {self.split_bytes}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.test_fraction is not None:
+            if self.test_inputs:
+                raise ValueError("give either test_inputs or test_fraction, not both: with test_inputs every "
+                                 "input row is a training row")
+            if not 0.0 <= self.test_fraction < 1.0:
+                raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+        for name, low in (("row_group_rows", 1), ("shard_rows", 1), ("split_bytes", 1024), ("block_bytes", 1024),
+                          ("workers", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        if self.shard_rows < self.row_group_rows:
+            raise ValueError(f"shard_rows ({self.shard_rows}) must be at least row_group_rows "
+                             f"({self.row_group_rows}): a shard holds whole row groups")
         if not 0.0 <= self.max_rejected_fraction <= 1.0:
             raise ValueError(f"max_rejected_fraction must be in [0, 1], got {self.max_rejected_fraction}")
+        self.transform()  # the transform checks its own parameters (hash_bits, crosses, min_count, ...)
 
-    def features(self) -> criteo.CriteoFeatures:
-        return criteo.CriteoFeatures(
-            hash_bits=self.hash_bits, hash_seed=self.hash_seed,
-            log_transform=self.log_transform, normalize=self.normalize,
+    @property
+    def effective_test_fraction(self) -> float:
+        if self.test_inputs:
+            return 0.0
+        return DEFAULT_TEST_FRACTION if self.test_fraction is None else self.test_fraction
+
+    def transform(self) -> TabularTransform | SparseTransform | RatingsTransform:
+        """The transform before fitting: its parameters, no statistics yet."""
+        if self.format == "libsvm":
+            return SparseTransform(normalize=self.normalize, index_base=str(self.index_base),
+                                   num_features=self.num_features)
+        if self.format == "ratings":
+            return RatingsTransform()
+        params = dict(
+            hash_bits=self.hash_bits, hash_seed=self.hash_seed, log_transform=self.log_transform,
+            normalize=self.normalize, missing=self.missing, signed_hash=self.signed_hash,
+            crosses=tuple(tuple(pair) for pair in self.crosses), min_count=self.min_count,
         )
+        if self.format in SCHEMA_FORMATS:
+            if not self.schema:
+                raise ValueError(f"format {self.format!r} needs a schema: {{'label': NAME, 'numeric': [NAMES], "
+                                 "'categorical': [NAMES]}")
+            return schema_transform(self.schema, **params)
+        return criteo_transform(**params)
+
+    def input_format(self) -> InputFormat:
+        if self.format == "libsvm":
+            return input_format("libsvm", {"max_index": self.transform().parse_max_index()})
+        if self.format == "ratings":
+            return input_format("ratings", {"columns": list(self.columns) if self.columns else None})
+        if self.format in SCHEMA_FORMATS:
+            return input_format(self.format, {"hash_seed": self.hash_seed, "schema": self.schema})
+        return input_format(self.format, {"hash_seed": self.hash_seed})
 
 
 @dataclass(frozen=True)
 class InputFile:
-    """One input file as the planner sees it: how large, whether gzip, how it is written."""
+    """One input file as the planner sees it: how large, whether gzip, how it is written,
+    and whether its rows are split by hash, all training or all test."""
 
     uri: str
     size: int
     compressed: bool
-    dialect: criteo.CriteoDialect
+    dialect: dict
+    role: str = "split"
 
 
 @dataclass
@@ -148,24 +221,31 @@ def _nothing_found(raw: str, uri: str) -> str:
     return f"input {raw}: no such file, and no files under that {'prefix' if is_s3(uri) else 'path'}"
 
 
-def describe_inputs(storage: Storage, files: list[tuple[str, int]]) -> list[InputFile]:
+def describe_inputs(storage: Storage, files: list[tuple[str, int]], fmt: InputFormat, *,
+                    role: str = "split") -> list[InputFile]:
     """Each file's compression and dialect, from its first bytes; files without content
     (empty, or a gzip of nothing) are left out, and an input with none at all is an error."""
-    described = [f for uri, size in files if (f := _describe(storage, uri, size)) is not None]
+    described = [f for uri, size in files if (f := _describe(storage, uri, size, fmt, role)) is not None]
     if not described:
         raise PreprocessError(f"the input is empty: {', '.join(u for u, _ in files)}")
     return described
 
 
-def _describe(storage: Storage, uri: str, size: int) -> InputFile | None:
+def _describe(storage: Storage, uri: str, size: int, fmt: InputFormat, role: str) -> InputFile | None:
     if size == 0:
         return None
+    if fmt.row_groups:
+        try:
+            layout = fmt.describe(storage, uri)
+        except ValueError as exc:
+            raise PreprocessError(str(exc)) from None
+        return InputFile(uri, size, False, layout, role) if sum(layout["rows"]) else None
     head = storage.read_bytes(uri, 0, min(size, _SNIFF_BYTES))
     compressed = is_gzip(uri, head)
     try:
         if compressed:
             head = read_gzip(storage, uri, _SNIFF_BYTES)  # the dialect is in the text, not the gzip bytes
-        return InputFile(uri, size, compressed, criteo.sniff(head, uri)) if head else None
+        return InputFile(uri, size, compressed, fmt.sniff(head, uri), role) if head else None
     except ValueError as exc:
         raise PreprocessError(str(exc)) from None
 
@@ -182,9 +262,27 @@ def plan_splits(files: list[InputFile], *, split_bytes: int, min_splits: int) ->
     target = min(split_bytes, max(1, -(-plain // wanted)))
     splits: list[_Split] = []
     for f in files:
-        ranges = [(0, f.size)] if f.compressed else plan_ranges(f.size, -(-f.size // target))
+        if "rows" in f.dialect:  # Parquet: runs of whole row groups
+            ranges = _row_group_ranges(f.dialect["bytes"], target)
+        elif f.compressed:
+            ranges = [(0, f.size)]
+        else:
+            ranges = plan_ranges(f.size, -(-f.size // target))
         splits.extend(_Split(f, start, end) for start, end in ranges)
     return splits
+
+
+def _row_group_ranges(sizes: list[int], target: int) -> list[tuple[int, int]]:
+    """Consecutive row groups, closed into a split once it holds ``target`` bytes."""
+    ranges, start, held = [], 0, 0
+    for g, size in enumerate(sizes):
+        held += size
+        if held >= target:
+            ranges.append((start, g + 1))
+            start, held = g + 1, 0
+    if start < len(sizes):
+        ranges.append((start, len(sizes)))
+    return ranges
 
 
 def _map(executor: ServerlessExecutor, events: list[dict], progress: Callable[[int, int], None] | None) -> list[dict]:
@@ -208,81 +306,129 @@ def run_preprocess(
     """Preprocess ``config.inputs`` into shards under ``config.output``; returns a summary.
 
     A rerun replaces the previous output: the old manifest goes first (so a failed
-    rerun never looks finished), stale shards go before the new manifest is written.
+    rerun never looks finished), stale shards go before the new manifest is written,
+    and the run's scratch files (``_work/``) go whether it succeeds or fails.
     """
     config.validate()
     started = time.monotonic()
-    output = normalize(config.output)
-    files = describe_inputs(storage, expand_inputs(storage, config.inputs))
-    splits = plan_splits(files, split_bytes=config.split_bytes, min_splits=config.workers)
-    log.info("preprocessing %d file(s) (%d gzip), %d bytes, in %d splits",
-             len(files), sum(f.compressed for f in files), sum(f.size for f in files), len(splits))
-    storage.delete(manifest_uri(output))
-
-    features = config.features()
-    split_params = {"test_fraction": config.test_fraction, "seed": config.split_seed}
-    base = {"format": config.format, "split": split_params}
-    stats_events = [
-        {**base, "task": "preprocess.stats", "source": s.source(), "dialect": s.file.dialect.to_json(),
-         "features": features.to_json()}
-        for s in splits
-    ]
-    first = _map(executor, stats_events, _stage(progress, "statistics"))
-
-    stats = _merge_stats(first)
-    features = criteo.CriteoFeatures(**{**asdict(features), "stats": stats})
-    counts = _counts(first)
-    too_many = counts["rows_rejected"] > config.max_rejected_fraction * max(1, counts["rows_read"])
-
-    n = len(splits)
-    first_lines = _first_lines(splits, first)
-    transform_events = [
-        {**base, "task": "preprocess.transform", "source": s.source(), "dialect": s.file.dialect.to_json(),
-         "features": features.to_json(), "first_line": first_lines[i],
-         "row_group_rows": config.row_group_rows, "write_shards": not too_many,
-         "outputs": {
-             "train": join(output, "shards", f"part-{i:05d}.parquet"),
-             "test": join(output, "shards", f"part-{n + i:05d}.parquet"),
-             "rejected": join(output, "rejected", f"split-{i:05d}.jsonl"),
-         }}
-        for i, s in enumerate(splits)
-    ]
-    second = _map(executor, transform_events, _stage(progress, "transform"))
-    written = {r["rejected_uri"] for r in second if r["rejected_uri"]}
-    written |= {entry["uri"] for r in second for entry in r["shards"].values()}
-    _remove_stale(storage, output, keep=written)
-    if too_many:
-        raise PreprocessError(_rejection_message(config, splits, first, counts, output))
-
-    shards = {
-        name: [
-            {"path": entry["uri"][len(output) + 1 :], "rows": entry["rows"], "row_groups": entry["row_groups"]}
-            for r in second if (entry := r["shards"].get(name))
-        ]
-        for name in ("train", "test")
-    }
-    if not shards["train"]:
-        raise PreprocessError(f"no training rows were produced from {', '.join(f.uri for f in files)}")
+    run = _Run(config, storage, executor, progress)
+    try:
+        first = run.statistics()
+        transform = run.fit(first)
+        second, counts = run.transform(transform, first)
+        shards = run.shards(second)
+    finally:
+        _delete_under(storage, join(run.output, WORK))
     manifest = Manifest(
-        kind="sparse",
-        feature_dim=features.feature_dim,
+        kind=transform.kind,
+        feature_dim=transform.feature_dim,
         shards=shards,
-        transform=features.to_json(),
-        split={"method": "row_hash", **split_params},
-        counts=counts,
-        source={"format": config.format, "files": [f.uri for f in files], "splits": len(splits)},
+        transform=transform.to_json(),
+        split=_split_record(config, run.files),
+        counts={k: v for k, v in counts.items() if k != "train_positives"},
+        source={"format": config.format, "format_options": run.fmt.options, "files": [f.uri for f in run.files],
+                "splits": len(run.splits)},
         row_group_rows=config.row_group_rows,
-        label_stats={"train_positive_rate": counts["train_positives"] / max(1, counts["train_rows"])},
+        label_stats=_label_stats(transform, counts),
     )
-    uri = write_manifest(storage, output, manifest)
+    uri = write_manifest(storage, run.output, manifest)
     return {
-        **{k: v for k, v in counts.items() if k != "train_positives"},
+        **manifest.counts,
+        "format": config.format,
         "shards": sum(len(v) for v in shards.values()),
+        "shard_bytes": sum(e["bytes"] for v in shards.values() for e in v),
         "manifest_uri": uri,
-        "output": output,
-        "feature_dim": features.feature_dim,
+        "output": run.output,
+        "feature_dim": transform.feature_dim,
         "seconds": round(time.monotonic() - started, 3),
     }
+
+
+class _Run:
+    """One preprocessing run: its plan, and the three passes as the driver sees them."""
+
+    def __init__(self, config: PreprocessConfig, storage: Storage, executor: ServerlessExecutor,
+                 progress: Progress | None) -> None:
+        self.config, self.storage, self.executor, self.progress = config, storage, executor, progress
+        self.output = normalize(config.output)
+        self.fmt = config.input_format()
+        self.files = _input_files(storage, config, self.fmt)
+        self.splits = plan_splits(self.files, split_bytes=config.split_bytes, min_splits=config.workers)
+        log.info("preprocessing %d file(s) (%d gzip), %d bytes, in %d splits", len(self.files),
+                 sum(f.compressed for f in self.files), sum(f.size for f in self.files), len(self.splits))
+        storage.delete(manifest_uri(self.output))
+        for folder in (WORK, TRANSFORM):  # left by an earlier run; nothing finished refers to them now
+            _delete_under(storage, join(self.output, folder))
+        self.workspace = Workspace(storage, self.output)
+        self.too_many = False
+        self.plan: dict = {}
+
+    def _events(self, task: str, **fields: Any) -> list[dict]:
+        base = {"task": task, "format": self.config.format, "format_options": self.fmt.options,
+                "output": self.output, "block_bytes": self.config.block_bytes,
+                "split": {"test_fraction": self.config.effective_test_fraction, "seed": self.config.split_seed}}
+        return [{**base, "index": i, "role": s.file.role, "source": s.source(), "dialect": s.file.dialect,
+                 **{k: v[i] if isinstance(v, list) else v for k, v in fields.items()}}
+                for i, s in enumerate(self.splits)]
+
+    def statistics(self) -> list[dict]:
+        unfitted = self.config.transform()
+        options = {**self.fmt.options, "hash_categorical": unfitted.summary_needs_categorical}
+        first = _map(self.executor, self._events("preprocess.stats", transform=unfitted.to_json(),
+                                                 format_options=options),
+                     _stage(self.progress, "statistics"))
+        counts = _counts(first)
+        if not counts["rows_written"]:
+            raise PreprocessError(_no_rows_message(self.files, counts))
+        self.too_many = _too_many(self.config, counts)
+        self.blank_lines = counts["blank_lines"]
+        self.plan = _shuffle_plan(self.config, first)
+        return first
+
+    def fit(self, first: list[dict]) -> Any:
+        try:
+            return self.config.transform().fit([s for r in first for s in r["summaries"]], self.workspace)
+        except ValueError as exc:
+            raise PreprocessError(str(exc)) from None
+
+    def transform(self, transform: Any, first: list[dict]) -> tuple[list[dict], dict]:
+        events = self._events("preprocess.transform", transform=transform.to_json(),
+                              first_line=_first_lines(self.splits, first), rejected_prefix=join(self.output, "rejected"),
+                              write=not self.too_many, shuffle=self.plan)
+        second = _map(self.executor, events, _stage(self.progress, "transform"))
+        counts = _counts(second, blank=self.blank_lines)
+        if self.too_many or _too_many(self.config, counts):
+            _remove_stale(self.storage, self.output, keep=_rejected_files(second))
+            raise PreprocessError(_rejection_message(self.config, self.splits, second, counts, self.output))
+        return second, counts
+
+    def shards(self, second: list[dict]) -> dict[str, list[dict]]:
+        events = _combine_events(self.config, self.output, second, self.plan)
+        results = _map(self.executor, events, _stage(self.progress, "shards"))
+        shards: dict[str, list[dict]] = {"train": [], "test": []}
+        for event, result in zip(events, results):
+            shards[event["part"]].append({"path": event["uri"][len(self.output) + 1:], "rows": result["rows"],
+                                          "row_groups": result["row_groups"], "bytes": result["bytes"]})
+        _remove_stale(self.storage, self.output, keep=_rejected_files(second) | {e["uri"] for e in events})
+        if not shards["train"]:
+            raise PreprocessError(f"no training rows were produced from {', '.join(f.uri for f in self.files)}")
+        return shards
+
+
+def _rejected_files(results: list[dict]) -> set[str]:
+    return {uri for r in results for uri in r["rejected_files"]}
+
+
+def _input_files(storage: Storage, config: PreprocessConfig, fmt: InputFormat) -> list[InputFile]:
+    role = "train" if config.test_inputs else "split"
+    files = describe_inputs(storage, expand_inputs(storage, config.inputs), fmt, role=role)
+    if not config.test_inputs:
+        return files
+    tests = describe_inputs(storage, expand_inputs(storage, config.test_inputs), fmt, role="test")
+    both = sorted({f.uri for f in files} & {f.uri for f in tests})
+    if both:
+        raise PreprocessError(f"{both[0]} is both a training input and a test input; a row must be one or the other")
+    return files + tests
 
 
 def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] | None:
@@ -291,29 +437,52 @@ def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] 
     return lambda done, total: progress(stage, done, total)
 
 
-def _merge_stats(results: list[dict]) -> ColumnStats:
-    merged = ColumnStats.from_json(results[0]["stats"])
-    for r in results[1:]:
-        merged = merged.merge(ColumnStats.from_json(r["stats"]))
-    return merged
-
-
-def _counts(results: list[dict]) -> dict:
+def _counts(results: list[dict], *, blank: int | None = None) -> dict:
     reasons: Counter[str] = Counter()
     for r in results:
         reasons.update(r["rejected_by_reason"])
     rows = sum(r["rows"] for r in results)
     rejected = sum(r["rejected"] for r in results)
-    return {
+    counts: dict[str, Any] = {
         "rows_read": rows + rejected,
         "rows_written": rows,
         "rows_rejected": rejected,
         "rejected_by_reason": dict(sorted(reasons.items())),
-        "blank_lines": sum(r["blank"] for r in results),
-        "train_rows": sum(r["train_rows"] for r in results),
-        "test_rows": sum(r["test_rows"] for r in results),
-        "train_positives": sum(r["train_positives"] for r in results),
+        "blank_lines": sum(r["blank"] for r in results) if blank is None else blank,
     }
+    if blank is not None:
+        counts["train_rows"] = sum(r["train_rows"] for r in results)
+        counts["test_rows"] = sum(r["test_rows"] for r in results)
+        counts["train_positives"] = sum(r["train_positives"] for r in results)
+    return counts
+
+
+def _too_many(config: PreprocessConfig, counts: dict) -> bool:
+    return counts["rows_rejected"] > config.max_rejected_fraction * max(1, counts["rows_read"])
+
+
+def _shuffle_plan(config: PreprocessConfig, first: list[dict]) -> dict:
+    """How many shards each part gets, from the first pass's count of its rows."""
+    return {
+        "seed": hashing.derive_seed(config.split_seed, 1),
+        "train_shards": shard_count(sum(r["train_rows"] for r in first), config.shard_rows),
+        "test_shards": shard_count(sum(r["test_rows"] for r in first), config.shard_rows),
+    }
+
+
+def _combine_events(config: PreprocessConfig, output: str, second: list[dict], plan: dict) -> list[dict]:
+    """One event per shard that got rows: its pieces in split and block order (so a rerun
+    joins them alike)."""
+    events = []
+    for part in ("train", "test"):
+        for shard in range(plan[f"{part}_shards"]):
+            pieces = [uri for r in second for uri in r["pieces"][part].get(str(shard), [])]
+            if pieces:
+                events.append({"task": "preprocess.combine", "part": part, "pieces": pieces,
+                               "uri": join(output, "shards", f"part-{len(events):05d}.parquet"),
+                               "row_group_rows": config.row_group_rows,
+                               "seed": hashing.derive_seed(plan["seed"], shard, part == "test")})
+    return events
 
 
 def _first_lines(splits: list[_Split], results: list[dict]) -> list[int]:
@@ -327,6 +496,26 @@ def _first_lines(splits: list[_Split], results: list[dict]) -> list[int]:
     return out
 
 
+def _split_record(config: PreprocessConfig, files: list[InputFile]) -> dict:
+    if config.test_inputs:
+        return {"method": "inputs", "test_files": [f.uri for f in files if f.role == "test"]}
+    return {"method": "row_hash", "test_fraction": config.effective_test_fraction, "seed": config.split_seed}
+
+
+def _label_stats(transform: Any, counts: dict) -> dict:
+    if transform.kind != "sparse":
+        return {}
+    return {"train_positive_rate": counts["train_positives"] / max(1, counts["train_rows"])}
+
+
+def _delete_under(storage: Storage, prefix: str) -> None:
+    if not is_s3(prefix):
+        shutil.rmtree(local_path(prefix), ignore_errors=True)  # folders too, not only the files
+        return
+    for uri in storage.list(prefix):
+        storage.delete(uri)
+
+
 def _remove_stale(storage: Storage, output: str, *, keep: set[str]) -> None:
     for folder in ("shards", "rejected"):
         for uri in storage.list(join(output, folder)):
@@ -334,7 +523,17 @@ def _remove_stale(storage: Storage, output: str, *, keep: set[str]) -> None:
                 storage.delete(uri)
 
 
-def _rejection_message(config: PreprocessConfig, splits: list[_Split], results: list[dict], counts: dict, output: str) -> str:
+def _no_rows_message(files: list[InputFile], counts: dict) -> str:
+    where = ", ".join(f.uri for f in files)
+    if counts["rows_rejected"]:
+        reasons = ", ".join(f"{n} {r}" for r, n in counts["rejected_by_reason"].items())
+        return (f"no usable rows in {where}: all {counts['rows_rejected']} rows were rejected ({reasons}). "
+                "Is this the right --format?")
+    return f"the input has no rows, only blank lines or a header: {where}"
+
+
+def _rejection_message(config: PreprocessConfig, splits: list[_Split], results: list[dict], counts: dict,
+                       output: str) -> str:
     per_file: Counter[tuple[str, str]] = Counter()
     for split, r in zip(splits, results):
         for reason, n in r["rejected_by_reason"].items():

@@ -17,6 +17,9 @@ from cirrus_airflow.storage import Storage
 WRONG_FIELD_COUNT = "wrong_field_count"
 BAD_LABEL = "bad_label"
 BAD_NUMBER = "bad_number"
+MISSING_ID = "missing_id"
+INDEX_OUT_OF_RANGE = "index_out_of_range"
+DUPLICATE_INDEX = "duplicate_index"
 
 
 @dataclass

@@ -148,12 +148,16 @@ def _arrow(values: np.ndarray, dtype: type) -> pa.Array:
     return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
 
 
-def write_shard(storage: Storage, uri: str, rows: SparseRows, *, row_group_rows: int) -> dict:
-    """Write one shard; returns its entry for the manifest."""
+def write_shard(storage: Storage, uri: str, rows: SparseRows | pa.Table, *, row_group_rows: int) -> dict:
+    """Write one shard (sparse rows, or a table of another shard schema such as ratings);
+    returns its entry for the manifest: rows, row groups and bytes."""
+    table = rows.to_arrow() if isinstance(rows, SparseRows) else rows
+    options = _WRITE_OPTIONS if table.schema.equals(SPARSE_SCHEMA) else {"compression": "snappy"}
     sink = io.BytesIO()
-    pq.write_table(rows.to_arrow(), sink, row_group_size=max(1, row_group_rows), **_WRITE_OPTIONS)
+    pq.write_table(table, sink, row_group_size=max(1, row_group_rows), **options)
     storage.write_bytes(uri, sink.getvalue())
-    return {"rows": len(rows), "row_groups": -(-len(rows) // max(1, row_group_rows)) if len(rows) else 0}
+    n = table.num_rows
+    return {"rows": n, "row_groups": -(-n // max(1, row_group_rows)) if n else 0, "bytes": sink.tell()}
 
 
 class ShardReader:

@@ -45,6 +45,7 @@ with DAG(
         hash_bits=18,
         test_fraction=0.2,
         workers=WORKERS,
+        deferrable=True,  # the fan-out is waited on by the triggerer, not in a worker slot
     )
     model = CirrusTrainOperator(
         task_id="train",

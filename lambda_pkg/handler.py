@@ -17,6 +17,7 @@ logging.getLogger().setLevel(logging.INFO)
 TASKS: dict[str, Callable[[dict, Any], dict]] = {
     "preprocess.stats": preprocess.stats_task,
     "preprocess.transform": preprocess.transform_task,
+    "preprocess.combine": preprocess.combine_task,
     "train.worker": train_worker.worker_task,
     "evaluate": evaluate.evaluate_task,
 }

@@ -1,14 +1,10 @@
-"""The Criteo click-log format: parse text blocks and turn rows into sparse features.
+"""The Criteo click-log format: parse text blocks into rows and rejected rows.
 
 Criteo's display-advertising data has a 0/1 label, 13 integer count features
 (I1-I13) and 26 categorical features (C1-C26, hashed to hex strings); blanks are
 missing values. The full data is tab-separated without a header; samples circulate
-as CSV with a header row. Both are accepted, sniffed from the first line.
-
-Features (the layout is recorded in the manifest so prediction can redo it):
-    [0, 13)                 the integer features, log(1+x)-transformed and scaled
-    [13, 26)                one indicator per integer feature: 1 where it is missing
-    [26, 26 + 2**hash_bits) the categorical values, each hashed with its column
+as CSV with a header row. Both are accepted, sniffed from the first line. The rows
+become features in ``cirrus_airflow.transforms.tabular``.
 """
 
 from __future__ import annotations
@@ -20,16 +16,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cirrus_airflow import hashing
+from cirrus_airflow.formats import ParsedBlock
 from cirrus_airflow.formats.text import Fields, Lines, split_lines, split_uniform
-from cirrus_airflow.numeric import ColumnStats, log_counts, normalize
 from cirrus_airflow.rejects import BAD_LABEL, BAD_NUMBER, WRONG_FIELD_COUNT, RejectedRows
-from cirrus_airflow.shards import SparseRows
 
 NUM_INTEGER = 13
 NUM_CATEGORICAL = 26
 NUM_FIELDS = 1 + NUM_INTEGER + NUM_CATEGORICAL
 COLUMNS = ["label"] + [f"I{i}" for i in range(1, NUM_INTEGER + 1)] + [f"C{i}" for i in range(1, NUM_CATEGORICAL + 1)]
-HASHED_OFFSET = 2 * NUM_INTEGER
 _NUMBER = r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
 
 
@@ -93,14 +87,6 @@ class CriteoRows:
 
 
 ROW_HASH_SEED = 0  # the seed of the row hashes (see CriteoRows.row_hash)
-
-
-@dataclass
-class ParsedBlock:
-    rows: CriteoRows
-    rejected: RejectedRows
-    lines: int  # lines in the block, header and blank lines included
-    blank: int
 
 
 def parse_block(
@@ -215,79 +201,3 @@ def _parse_numbers(values: pa.Array, *, allow_missing: bool) -> np.ndarray:
 def _reject(rejected: RejectedRows, lines: Lines, numbers: np.ndarray, which: np.ndarray, reason: str) -> None:
     if which.size:
         rejected.add(numbers[which], reason, [lines.text(int(i)) for i in which])
-
-
-@dataclass(frozen=True)
-class CriteoFeatures:
-    """The transformation from parsed rows to sparse features, fixed by the first pass."""
-
-    hash_bits: int
-    hash_seed: int
-    log_transform: bool
-    normalize: str
-    stats: ColumnStats | None = None
-
-    @property
-    def feature_dim(self) -> int:
-        return HASHED_OFFSET + (1 << self.hash_bits)
-
-    def numeric_view(self, integers: np.ndarray) -> np.ndarray:
-        """The integer features before scaling: what the statistics are taken of."""
-        return log_counts(integers) if self.log_transform else integers
-
-    def transform(self, rows: CriteoRows) -> SparseRows:
-        if self.stats is None:
-            raise ValueError("CriteoFeatures.transform needs the statistics of the first pass")
-        n = len(rows)
-        numeric = normalize(self.numeric_view(rows.integers), self.stats, self.normalize)
-        missing = np.isnan(numeric)
-        # Each integer feature gives one entry, its value or its missing indicator, so every
-        # row has 13 + 26 entries: the present values, the indicators of the missing ones
-        # (each group in column order), then the categorical. The CSR arrays are then
-        # (n, 39) arrays, built in place, with no mask over a wider candidate array.
-        used = np.concatenate([~missing, missing], axis=1)  # which value and indicator slots
-        slots = np.broadcast_to(np.arange(HASHED_OFFSET, dtype=np.int32), used.shape)
-        width = NUM_INTEGER + NUM_CATEGORICAL
-        indices = np.empty((n, width), dtype=np.int32)
-        values = np.ones((n, width), dtype=np.float32)
-        indices[:, :NUM_INTEGER] = slots[used].reshape(n, NUM_INTEGER)
-        slot_values = np.ones(used.shape, dtype=np.float32)
-        slot_values[:, :NUM_INTEGER] = numeric
-        values[:, :NUM_INTEGER] = slot_values[used].reshape(n, NUM_INTEGER)
-        buckets = indices[:, NUM_INTEGER:]
-        np.bitwise_and(rows.categorical, np.uint64((1 << self.hash_bits) - 1), out=buckets, casting="unsafe")
-        buckets += HASHED_OFFSET
-        return SparseRows(
-            labels=np.asarray(rows.labels, dtype=np.float32),
-            indptr=np.arange(0, width * n + 1, width, dtype=np.int64),
-            indices=indices.reshape(-1),
-            values=values.reshape(-1),
-        )
-
-    def to_json(self) -> dict:
-        return {
-            "format": "criteo",
-            "hash_bits": self.hash_bits,
-            "hash_seed": self.hash_seed,
-            "hash": "cirrus-fmix64-words (cirrus_airflow.hashing)",
-            "log_transform": self.log_transform,
-            "normalize": self.normalize,
-            "numeric_stats": None if self.stats is None else self.stats.to_json(),
-            "layout": {
-                "integers": [0, NUM_INTEGER],
-                "missing_indicators": [NUM_INTEGER, HASHED_OFFSET],
-                "hashed": [HASHED_OFFSET, self.feature_dim],
-            },
-            "columns": COLUMNS,
-        }
-
-    @classmethod
-    def from_json(cls, doc: dict) -> CriteoFeatures:
-        stats = doc.get("numeric_stats")
-        return cls(
-            hash_bits=int(doc["hash_bits"]),
-            hash_seed=int(doc["hash_seed"]),
-            log_transform=bool(doc["log_transform"]),
-            normalize=doc["normalize"],
-            stats=None if stats is None else ColumnStats.from_json(stats),
-        )

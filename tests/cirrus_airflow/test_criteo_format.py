@@ -1,3 +1,4 @@
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -5,9 +6,11 @@ import pyarrow as pa
 import pytest
 
 from cirrus_airflow import hashing
-from cirrus_airflow.formats import criteo
+from cirrus_airflow.formats import ParsedBlock, criteo
 from cirrus_airflow.formats.text import split_uniform
-from cirrus_airflow.numeric import ColumnStats
+from cirrus_airflow.input_formats import criteo_transform
+from cirrus_airflow.numeric import ColumnStats, log_counts
+from cirrus_airflow.transforms.tabular import TabularRows, TabularTransform
 
 SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "criteo-sample" / "criteo_sample.csv"
 
@@ -73,21 +76,23 @@ def test_padded_numbers_are_rejected_not_a_crash_and_a_bom_is_ignored():
     assert criteo.sniff(header.encode("utf-8"), "f").header
 
 
-def test_transform_layout():
+def test_criteo_features_layout():
     block = criteo.parse_block((_row(ints=[""] + ["4"] * 12) + "\n").encode(), criteo.CriteoDialect("\t", False),
                                first_line=1, skip_header=False, hash_seed=0)
-    features = criteo.CriteoFeatures(hash_bits=4, hash_seed=0, log_transform=True, normalize="none")
-    features = criteo.CriteoFeatures(**{**features.__dict__, "stats": ColumnStats.of(features.numeric_view(block.rows.integers))})
-    sparse = features.transform(block.rows)
+    r = block.rows
+    rows = TabularRows(labels=r.labels, numeric=r.integers, categorical=r.categorical, lines=r.lines, hashes=r.hashes)
+    features = criteo_transform(hash_bits=4, normalize="none")
+    features = replace(features, stats=ColumnStats.of(log_counts(r.integers)))
+    sparse = features.apply(rows)
     idx, val = sparse.indices.tolist(), sparse.values.tolist()
     assert features.feature_dim == 26 + 16
     assert idx[:12] == list(range(1, 13)) and np.allclose(val[:12], np.log1p(4))
     assert idx[12] == 13 and val[12] == 1.0  # I1 is missing: its indicator is on
     assert all(26 <= i < 42 for i in idx[13:]) and len(idx) == 12 + 1 + 26
-    assert criteo.CriteoFeatures.from_json(features.to_json()).to_json() == features.to_json()
+    assert TabularTransform.from_json(features.to_json()).to_json() == features.to_json()
 
 
-def _parse(text: str, **kw) -> criteo.ParsedBlock:
+def _parse(text: str, **kw) -> ParsedBlock:
     return criteo.parse_block(text.encode(), criteo.CriteoDialect("\t", False), first_line=1, skip_header=False,
                               hash_seed=3, **kw)
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -25,7 +27,7 @@ def test_shard_round_trip_by_row_group(tmp_path):
     rows = _rows()
     uri = str(tmp_path / "part-00000.parquet")
     entry = write_shard(Storage(), uri, rows, row_group_rows=300)
-    assert entry == {"rows": 1000, "row_groups": 4}
+    assert entry == {"rows": 1000, "row_groups": 4, "bytes": Path(uri).stat().st_size}
     with ShardReader(Storage(), uri) as reader:
         assert reader.num_row_groups == 4
         assert _same(SparseRows.concat(list(reader)), rows)

@@ -20,7 +20,7 @@ def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     write_synthetic_criteo(Storage(), str(root / "clicks.tsv"), rows=40_000, seed=5)
     config = PreprocessConfig(inputs=[str(root / "clicks.tsv")], output=str(root / "shards"), hash_bits=16,
-                              workers=3, row_group_rows=2000)
+                              workers=3, row_group_rows=2000, shard_rows=8000)
     with LocalLambdaExecutor(function=FunctionConfig(concurrency=3)) as executor:
         summary = run_preprocess(config, storage=Storage(), executor=executor)
     return root / "shards", summary

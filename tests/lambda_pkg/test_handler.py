@@ -11,7 +11,7 @@ from lambda_pkg.handler import handler
     ([], "with a 'task' key"),
     ({"task": "nope"}, "unknown task 'nope'"),
     ({"task": "train.worker", "model": "svm"}, "unsupported model 'svm'"),
-    ({"task": "preprocess.stats", "format": "xml"}, "unsupported format 'xml'"),
+    ({"task": "preprocess.stats", "format": "xml"}, "format must be one of .* got 'xml'"),
 ])
 def test_bad_events_say_what_is_wrong(event, message):
     with pytest.raises(ValueError, match=message):

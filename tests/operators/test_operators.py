@@ -38,7 +38,7 @@ def test_operators_deep_copy_as_airflow_does():
 def test_provider_metadata_points_at_real_classes():
     info = get_provider_info()
     assert info["name"] and info["description"]
-    for group in info["operators"] + info["hooks"]:
+    for group in info["operators"] + info["triggers"] + info["hooks"]:
         for module in group["python-modules"]:
             importlib.import_module(module)
     for entry in info["connection-types"]:
