@@ -55,20 +55,6 @@ class SparseRows:
         return len(self.labels)
 
     @classmethod
-    def from_dense_mask(
-        cls, labels: np.ndarray, indices: np.ndarray, values: np.ndarray, present: np.ndarray
-    ) -> SparseRows:
-        """Build from (n, k) candidate entries, keeping those marked present, row by row."""
-        indptr = np.zeros(len(labels) + 1, dtype=np.int64)
-        np.cumsum(present.sum(axis=1), out=indptr[1:])
-        return cls(
-            labels=np.asarray(labels, dtype=np.float32),
-            indptr=indptr,
-            indices=indices[present].astype(np.int32, copy=False),
-            values=values[present].astype(np.float32, copy=False),
-        )
-
-    @classmethod
     def concat(cls, parts: list[SparseRows]) -> SparseRows:
         if not parts:
             return cls(np.empty(0, np.float32), np.zeros(1, np.int64), np.empty(0, np.int32), np.empty(0, np.float32))
