@@ -4,6 +4,7 @@ fan-out when it is cancelled. The whole path inside Airflow is covered by the ex
 DAG's ``airflow dags test`` (tests/dags), whose preprocess task is deferrable."""
 
 import asyncio
+import threading
 import importlib
 
 import pytest
@@ -108,3 +109,45 @@ def test_the_output_is_declared_as_an_asset_or_through_an_alias_when_templated(t
     templated = CirrusPreprocessOperator(task_id="r", input_uris="in", output_uri="{{ params.root }}/shards")
     assert templated.outlets == [AssetAlias("cirrus-preprocess:r")]
     assert output_asset(str(tmp_path / "x")).uri.startswith("file://")
+
+
+def test_on_kill_stops_a_running_fan_out_and_leaves_no_manifest(tmp_path, inline_executor, monkeypatch):
+    """The non-deferrable path: on_kill (from Airflow's SIGTERM handler) cancels the invocations
+    still queued, the running ones end, and the task fails without publishing shards."""
+    write_synthetic_criteo(Storage(), str(tmp_path / "in.tsv"), rows=6000, seed=2)
+    executor_class = type(inline_executor)
+    started = threading.Event()
+
+    class SlowExecutor(executor_class):
+        def invoke(self, event):
+            started.set()
+            self._cancelled.wait(10)  # a worker that is still busy when the task is killed
+            return super().invoke(event)
+
+    class InlineHook:
+        def get_executor(self):
+            return SlowExecutor(max_concurrency=1)
+
+        def get_storage(self):
+            return Storage()
+
+    monkeypatch.setattr(CirrusPreprocessOperator, "hook", property(lambda self: InlineHook()))
+    op = CirrusPreprocessOperator(task_id="p", input_uris=str(tmp_path / "in.tsv"),
+                                  output_uri=str(tmp_path / "out"), workers=4)
+    failure = {}
+
+    def run():
+        try:
+            op.execute({})
+        except Exception as exc:  # noqa: BLE001 - what the task would fail with
+            failure["error"] = exc
+
+    task = threading.Thread(target=run)
+    task.start()
+    assert started.wait(10)
+    op.on_kill()
+    task.join(30)
+    assert not task.is_alive()
+    assert "cancel" in str(failure["error"]).lower(), failure
+    assert not (tmp_path / "out" / "_manifest.json").exists()
+    assert not (tmp_path / "out" / "_work").exists()
