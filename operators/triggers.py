@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
@@ -44,10 +45,10 @@ class PreprocessTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        holder: dict[str, ServerlessExecutor] = {}
+        run = _Cancellable()
         progress: dict[str, tuple[int, int]] = {}
         logged: dict[str, tuple[int, int]] = {}
-        job = asyncio.ensure_future(asyncio.to_thread(self._run, holder, progress))
+        job = asyncio.ensure_future(asyncio.to_thread(self._run, run, progress))
         try:
             while not job.done():
                 await asyncio.wait([job], timeout=self.poll_interval_s)
@@ -56,20 +57,18 @@ class PreprocessTrigger(BaseTrigger):
                         self.log.info("%s: %d/%d done", stage, *state)
                         logged[stage] = state
         except asyncio.CancelledError:
-            executor = holder.get("executor")
-            if executor is not None:
-                self.log.info("trigger cancelled: cancelling the preprocessing invocations")
-                executor.cancel()
+            self.log.info("trigger cancelled: cancelling the preprocessing invocations")
+            run.cancel()
             raise
         yield TriggerEvent(job.result())
 
-    def _run(self, holder: dict, progress: dict) -> dict:
+    def _run(self, run: _Cancellable, progress: dict) -> dict:
         """The whole driver, on a thread; failures come back as an event, never as a triggerer crash."""
         config = PreprocessConfig(**self.config)
         hook = CirrusHook(aws_conn_id=self.aws_conn_id, settings=ExecutorSettings(**self.settings))
         try:
             with hook.get_executor() as executor:
-                holder["executor"] = executor
+                run.attach(executor)
                 summary = run_preprocess(config, storage=hook.get_storage(), executor=executor,
                                          progress=lambda stage, done, total: progress.__setitem__(stage, (done, total)))
             return {"status": "success", "summary": summary}
@@ -77,6 +76,28 @@ class PreprocessTrigger(BaseTrigger):
             return {"status": "bad_input", "message": str(exc)}
         except InvocationError as exc:
             return {"status": "failed", "message": str(exc)}
+
+
+class _Cancellable:
+    """The executor of a run on another thread, cancellable before it even exists: a cancel
+    that comes first is applied the moment the executor is attached."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._executor: ServerlessExecutor | None = None
+        self._cancelled = False
+
+    def attach(self, executor: ServerlessExecutor) -> None:
+        with self._lock:
+            self._executor = executor
+            if self._cancelled:
+                executor.cancel()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            if self._executor is not None:
+                self._executor.cancel()
 
 
 def _jsonable(value: Any) -> Any:

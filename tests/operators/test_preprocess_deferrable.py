@@ -101,6 +101,45 @@ def test_cancelling_the_trigger_cancels_the_invocations(tmp_path, executors, mon
     assert len(executors) == 1 and seen == {"cancelled": True}
 
 
+def test_a_cancel_that_comes_before_the_executor_exists_still_stops_the_run(tmp_path, inline_executor, monkeypatch):
+    cancel_sent, seen = threading.Event(), {}
+
+    class SlowHook:  # the executor is made only after the trigger has been cancelled
+        def __init__(self, **kwargs):
+            pass
+
+        def get_executor(self):
+            assert cancel_sent.wait(10)
+            return type(inline_executor)()
+
+        def get_storage(self):
+            return Storage()
+
+    def run(config, *, storage, executor, progress):
+        seen["cancelled"] = executor._cancelled.is_set()
+        return {}
+
+    monkeypatch.setattr(triggers_module, "CirrusHook", SlowHook)
+    monkeypatch.setattr(triggers_module, "run_preprocess", run)
+    trigger = _trigger(PreprocessConfig(inputs=["x"], output=str(tmp_path / "o")))
+    trigger.poll_interval_s = 0.05
+
+    async def cancel_at_once():
+        task = asyncio.ensure_future(trigger.run().__anext__())
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        cancel_sent.set()
+        for _ in range(100):  # the driver's thread goes on until it sees the cancel
+            if seen:
+                break
+            await asyncio.sleep(0.05)
+
+    asyncio.run(cancel_at_once())
+    assert seen == {"cancelled": True}
+
+
 def test_the_output_is_declared_as_an_asset_or_through_an_alias_when_templated(tmp_path):
     fixed = CirrusPreprocessOperator(task_id="p", input_uris="in", output_uri="s3://bucket/shards/")
     assert fixed.outlets == [Asset(uri="s3://bucket/shards")]
