@@ -192,6 +192,35 @@ def hash_float64(values: np.ndarray, seed: int) -> np.ndarray:
     return fmix64(bits ^ np.uint64(derive_seed(seed)))
 
 
+def hash_rows(numbers: np.ndarray, hashed: np.ndarray) -> np.ndarray:
+    """One hash per row of a table: ``numbers`` (n, k) float64 (label and numeric columns, NaN
+    where missing) and ``hashed`` (n, m) uint64 (categorical values, already hashed).
+
+    Each value's 64 bits (of the number, with one NaN and one zero; or its hash) are
+    multiplied by an odd constant of its column and summed, wrapping, and the sum goes
+    through fmix64: two integer matrix-vector products, cheap beside hashing the text
+    again, and the same for the same values however they were written. A product keeps
+    only what the low bits of a value say, and a small number says everything in its
+    high bits (exponent, first digits), so those are folded down first.
+    """
+    numbers = np.asarray(numbers, dtype=np.float64)
+    bits = np.where(np.isnan(numbers), np.nan, numbers + 0.0).view(np.uint64)  # + 0.0: -0.0 is 0.0
+    bits ^= bits >> np.uint64(29)
+    bits ^= bits >> np.uint64(17)
+    k, m = numbers.shape[1], hashed.shape[1]
+    h = bits @ _ROW_CONSTANTS[:k] if k else np.zeros(len(numbers), dtype=np.uint64)
+    if m:
+        h += np.ascontiguousarray(hashed, dtype=np.uint64) @ _ROW_CONSTANTS[k : k + m]
+    return fmix64(h ^ np.uint64(k << 32 | m))
+
+
+def _row_constants(count: int) -> np.ndarray:
+    return np.array([derive_seed(0x524F57, j) | 1 for j in range(count)], dtype=np.uint64)
+
+
+_ROW_CONSTANTS = _row_constants(1 << 12)  # columns of a row hash, at most (and a small table)
+
+
 def combine_columns(columns: list[np.ndarray]) -> np.ndarray:
     """One hash per row from per-column uint64 hashes; column order matters."""
     h = np.zeros(len(columns[0]) if columns else 0, dtype=np.uint64)

@@ -62,7 +62,7 @@ def input_format(name: str, options: dict | None = None) -> InputFormat:
                            read_group=lambda storage, uri, g: columnar.read_row_group(storage, uri, g, schema))
     if name == "criteo":
         return InputFormat(name, options, _criteo_sniff,
-                           _criteo_parser(int(options.get("hash_seed", 0)), bool(options.get("hash_categorical", True))))
+                           _criteo_parser(int(options.get("hash_seed", 0))))
     if name == "libsvm":
         return InputFormat(name, options, lambda head, uri: libsvm.sniff(head, uri).to_json(),
                            _libsvm_parser(options.get("max_index")))
@@ -99,12 +99,10 @@ def _criteo_sniff(head: bytes, uri: str) -> dict:
     return criteo.sniff(head, uri).to_json()
 
 
-def _criteo_parser(hash_seed: int, hash_categorical: bool) -> Callable[..., ParsedBlock]:
-    """``hash_categorical=False`` (a pass that needs no bucket counts) skips most of the parsing work."""
-
+def _criteo_parser(hash_seed: int) -> Callable[..., ParsedBlock]:
     def parse(data: bytes, dialect: dict, *, first_line: int, skip_header: bool) -> ParsedBlock:
         block = criteo.parse_block(data, criteo.CriteoDialect.from_json(dialect), first_line=first_line,
-                                   skip_header=skip_header, hash_seed=hash_seed, hash_categorical=hash_categorical)
+                                   skip_header=skip_header, hash_seed=hash_seed)
         r = block.rows
         rows = TabularRows(labels=r.labels, numeric=r.integers, categorical=r.categorical, lines=r.lines,
                            hashes=r.row_hash())

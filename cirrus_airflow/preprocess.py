@@ -1,4 +1,4 @@
-"""The preprocessing driver: plan splits, fan out three passes, write the manifest last.
+"""The preprocessing driver: plan splits, fan out the passes, write the manifest last.
 
 The driver only plans and merges; every byte of input is read by the map tasks in
 ``lambda_pkg.preprocess``, on whichever serverless executor it is given (the driver
@@ -7,8 +7,13 @@ reads only the first bytes of each file, to tell its dialect and compression).
     pass 1  preprocess.stats      one task per split: counts, bad rows, statistics
             (driver)              merge the statistics into the fitted transform
     pass 2  preprocess.transform  one task per split: features, rejected rows, and
-                                  the rows scattered over the output shards
-    pass 3  preprocess.combine    one task per shard: join, permute, write Parquet
+                                  the rows scattered into shuffle pieces
+    pass 3  preprocess.combine    one task per shard: gather, permute, write Parquet
+
+Tabular data skips pass 2, whose parse is most of the work: its fitted part (scaling,
+missing values, rare buckets) needs no other row, so pass 1 scatters the unscaled
+features and pass 3 finishes them. Pass 1 then also writes the rejected rows, and
+``preprocess.rejects`` renumbers them once every split's first line is known.
 
 Inputs are files, folders/prefixes, globs (``data/day_*.tsv``,
 ``s3://bucket/logs/2026-*/part-*.tsv.gz``) or lists of them; plain text is cut into
@@ -315,8 +320,9 @@ def run_preprocess(
     try:
         first = run.statistics()
         transform = run.fit(first)
-        second, counts = run.transform(transform, first)
-        shards = run.shards(second)
+        mapped = run.place_rejects(first) if run.scatters_first else run.transform(transform, first)
+        counts = _counts(mapped, blank=run.blank_lines)
+        shards = run.shards(mapped, counts, transform)
     finally:
         _delete_under(storage, join(run.output, WORK))
     manifest = Manifest(
@@ -360,8 +366,10 @@ class _Run:
         for folder in (WORK, TRANSFORM):  # left by an earlier run; nothing finished refers to them now
             _delete_under(storage, join(self.output, folder))
         self.workspace = Workspace(storage, self.output)
+        self.scatters_first = config.transform().finishes_after_shuffle
+        self.shuffle_seed = hashing.derive_seed(config.split_seed, 1)
         self.too_many = False
-        self.plan: dict = {}
+        self.blank_lines = 0
 
     def _events(self, task: str, **fields: Any) -> list[dict]:
         base = {"task": task, "format": self.config.format, "format_options": self.fmt.options,
@@ -372,17 +380,15 @@ class _Run:
                 for i, s in enumerate(self.splits)]
 
     def statistics(self) -> list[dict]:
-        unfitted = self.config.transform()
-        options = {**self.fmt.options, "hash_categorical": unfitted.summary_needs_categorical}
-        first = _map(self.executor, self._events("preprocess.stats", transform=unfitted.to_json(),
-                                                 format_options=options),
-                     _stage(self.progress, "statistics"))
+        fields: dict[str, Any] = {"transform": self.config.transform().to_json()}
+        if self.scatters_first:  # rejected rows go to _work/ first, numbered within their split
+            fields.update(shuffle_seed=self.shuffle_seed, rejected_prefix=join(self.output, WORK, "rejected"))
+        first = _map(self.executor, self._events("preprocess.stats", **fields), _stage(self.progress, "statistics"))
         counts = _counts(first)
         if not counts["rows_written"]:
             raise PreprocessError(_no_rows_message(self.files, counts))
         self.too_many = _too_many(self.config, counts)
         self.blank_lines = counts["blank_lines"]
-        self.plan = _shuffle_plan(self.config, first)
         return first
 
     def fit(self, first: list[dict]) -> Any:
@@ -391,25 +397,47 @@ class _Run:
         except ValueError as exc:
             raise PreprocessError(str(exc)) from None
 
-    def transform(self, transform: Any, first: list[dict]) -> tuple[list[dict], dict]:
+    def place_rejects(self, first: list[dict]) -> list[dict]:
+        """Move pass 1's rejected rows under ``rejected/``, renumbered from their file's first
+        line (known now that every split's lines are counted), before any check can fail."""
+        offsets = [line - 1 for line in _first_lines(self.splits, first)]
+        wanted = [i for i, r in enumerate(first) if r["rejected_files"]]
+        events = [{"task": "preprocess.rejects", "rejected_files": first[i]["rejected_files"],
+                   "line_offset": offsets[i], "rejected_prefix": join(self.output, "rejected")} for i in wanted]
+        placed = _map(self.executor, events, _stage(self.progress, "rejected rows")) if events else []
+        mapped = [dict(r) for r in first]
+        for i, result in zip(wanted, placed):
+            mapped[i]["rejected_files"] = result["rejected_files"]
+        if self.too_many:
+            self._reject_run(mapped, _counts(mapped, blank=self.blank_lines))
+        return mapped
+
+    def transform(self, transform: Any, first: list[dict]) -> list[dict]:
         events = self._events("preprocess.transform", transform=transform.to_json(),
                               first_line=_first_lines(self.splits, first), rejected_prefix=join(self.output, "rejected"),
-                              write=not self.too_many, shuffle=self.plan)
+                              write=not self.too_many, shuffle_seed=self.shuffle_seed)
         second = _map(self.executor, events, _stage(self.progress, "transform"))
         counts = _counts(second, blank=self.blank_lines)
         if self.too_many or _too_many(self.config, counts):
-            _remove_stale(self.storage, self.output, keep=_rejected_files(second))
-            raise PreprocessError(_rejection_message(self.config, self.splits, second, counts, self.output))
-        return second, counts
+            self._reject_run(second, counts)
+        return second
 
-    def shards(self, second: list[dict]) -> dict[str, list[dict]]:
-        events = _combine_events(self.config, self.output, second, self.plan)
+    def _reject_run(self, mapped: list[dict], counts: dict) -> None:
+        _remove_stale(self.storage, self.output, keep=_rejected_files(mapped))
+        raise PreprocessError(_rejection_message(self.config, self.splits, mapped, counts, self.output))
+
+    def shards(self, mapped: list[dict], counts: dict, transform: Any) -> dict[str, list[dict]]:
+        """Pass 3. The shard counts come from the exact row counts of the pass that scattered."""
+        plan = {part: shard_count(counts[f"{part}_rows"], self.config.shard_rows) for part in ("train", "test")}
+        finish = transform.to_json() if self.scatters_first else None
+        events = _combine_events(self.config, self.output, mapped, plan, self.shuffle_seed, finish)
         results = _map(self.executor, events, _stage(self.progress, "shards"))
         shards: dict[str, list[dict]] = {"train": [], "test": []}
         for event, result in zip(events, results):
-            shards[event["part"]].append({"path": event["uri"][len(self.output) + 1:], "rows": result["rows"],
-                                          "row_groups": result["row_groups"], "bytes": result["bytes"]})
-        _remove_stale(self.storage, self.output, keep=_rejected_files(second) | {e["uri"] for e in events})
+            if result["rows"]:
+                shards[event["part"]].append({"path": event["uri"][len(self.output) + 1:], "rows": result["rows"],
+                                              "row_groups": result["row_groups"], "bytes": result["bytes"]})
+        _remove_stale(self.storage, self.output, keep=_rejected_files(mapped) | {e["uri"] for e in events})
         if not shards["train"]:
             raise PreprocessError(f"no training rows were produced from {', '.join(f.uri for f in self.files)}")
         return shards
@@ -449,11 +477,10 @@ def _counts(results: list[dict], *, blank: int | None = None) -> dict:
         "rows_rejected": rejected,
         "rejected_by_reason": dict(sorted(reasons.items())),
         "blank_lines": sum(r["blank"] for r in results) if blank is None else blank,
+        "train_rows": sum(r["train_rows"] for r in results),
+        "test_rows": sum(r["test_rows"] for r in results),
+        "train_positives": sum(r["train_positives"] for r in results),
     }
-    if blank is not None:
-        counts["train_rows"] = sum(r["train_rows"] for r in results)
-        counts["test_rows"] = sum(r["test_rows"] for r in results)
-        counts["train_positives"] = sum(r["train_positives"] for r in results)
     return counts
 
 
@@ -461,27 +488,20 @@ def _too_many(config: PreprocessConfig, counts: dict) -> bool:
     return counts["rows_rejected"] > config.max_rejected_fraction * max(1, counts["rows_read"])
 
 
-def _shuffle_plan(config: PreprocessConfig, first: list[dict]) -> dict:
-    """How many shards each part gets, from the first pass's count of its rows."""
-    return {
-        "seed": hashing.derive_seed(config.split_seed, 1),
-        "train_shards": shard_count(sum(r["train_rows"] for r in first), config.shard_rows),
-        "test_shards": shard_count(sum(r["test_rows"] for r in first), config.shard_rows),
-    }
-
-
-def _combine_events(config: PreprocessConfig, output: str, second: list[dict], plan: dict) -> list[dict]:
-    """One event per shard that got rows: its pieces in split and block order (so a rerun
-    joins them alike)."""
+def _combine_events(config: PreprocessConfig, output: str, mapped: list[dict], plan: dict[str, int],
+                    seed: int, finish: dict | None) -> list[dict]:
+    """One event per shard, each naming every piece of its part in split and block order (so
+    a rerun joins them alike), and the fitted transform when the rows are finished there."""
     events = []
     for part in ("train", "test"):
-        for shard in range(plan[f"{part}_shards"]):
-            pieces = [uri for r in second for uri in r["pieces"][part].get(str(shard), [])]
-            if pieces:
-                events.append({"task": "preprocess.combine", "part": part, "pieces": pieces,
-                               "uri": join(output, "shards", f"part-{len(events):05d}.parquet"),
-                               "row_group_rows": config.row_group_rows,
-                               "seed": hashing.derive_seed(plan["seed"], shard, part == "test")})
+        pieces = [uri for r in mapped for uri in r["pieces"][part]]
+        for shard in range(plan[part]):
+            event = {"task": "preprocess.combine", "part": part, "pieces": pieces, "shard": shard,
+                     "shards": plan[part], "output": output,
+                     "uri": join(output, "shards", f"part-{len(events):05d}.parquet"),
+                     "row_group_rows": config.row_group_rows,
+                     "seed": hashing.derive_seed(seed, shard, part == "test")}
+            events.append(event if finish is None else {**event, "transform": finish})
     return events
 
 

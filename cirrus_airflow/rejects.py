@@ -58,3 +58,13 @@ def write_rejects(storage: Storage, uri: str, source: str, rejected: RejectedRow
         return None
     storage.write_bytes(uri, rejected.to_jsonl(source))
     return uri
+
+
+def relocate_rejects(storage: Storage, uri: str, target: str, *, line_offset: int) -> str:
+    """Copy a file of rejected rows to ``target`` with every line number moved on by
+    ``line_offset`` (rows numbered within a split, renumbered within their file)."""
+    records = [json.loads(line) for line in storage.read_bytes(uri).splitlines() if line]
+    for record in records:
+        record["line"] += line_offset
+    storage.write_bytes(target, "".join(json.dumps(r) + "\n" for r in records).encode("utf-8"))
+    return target

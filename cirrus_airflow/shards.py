@@ -102,12 +102,12 @@ class SparseRows:
     def to_arrow(self) -> pa.Table:
         """The rows as a table, sharing the arrays' memory (built from buffers: ``pa.array``
         on a numpy array imports pandas, which a worker would pay for at its first shard)."""
-        offsets = _arrow(self.indptr, np.int32)
+        offsets = arrow_array(self.indptr, np.int32)
         return pa.Table.from_arrays(
             [
-                _arrow(self.labels, np.float32),
-                pa.ListArray.from_arrays(offsets, _arrow(self.indices, np.int32)),
-                pa.ListArray.from_arrays(offsets, _arrow(self.values, np.float32)),
+                arrow_array(self.labels, np.float32),
+                pa.ListArray.from_arrays(offsets, arrow_array(self.indices, np.int32)),
+                pa.ListArray.from_arrays(offsets, arrow_array(self.values, np.float32)),
             ],
             schema=SPARSE_SCHEMA,
         )
@@ -129,7 +129,7 @@ class SparseRows:
         )
 
 
-def _arrow(values: np.ndarray, dtype: type) -> pa.Array:
+def arrow_array(values: np.ndarray, dtype: type) -> pa.Array:
     values = np.ascontiguousarray(values, dtype=dtype)
     return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
 

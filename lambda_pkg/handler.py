@@ -18,6 +18,7 @@ TASKS: dict[str, Callable[[dict, Any], dict]] = {
     "preprocess.stats": preprocess.stats_task,
     "preprocess.transform": preprocess.transform_task,
     "preprocess.combine": preprocess.combine_task,
+    "preprocess.rejects": preprocess.rejects_task,
     "train.worker": train_worker.worker_task,
     "evaluate": evaluate.evaluate_task,
 }

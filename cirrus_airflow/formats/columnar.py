@@ -33,7 +33,6 @@ from cirrus_airflow.rejects import BAD_LABEL, BAD_NUMBER, WRONG_FIELD_COUNT, Rej
 from cirrus_airflow.storage import Storage, StorageError
 from cirrus_airflow.transforms.tabular import TabularRows
 
-_ROW_HASH_SEED = 0x524F57
 
 
 @dataclass(frozen=True)
@@ -175,9 +174,7 @@ def table_rows(table: pa.Table, schema: ColumnSchema, *, numbers: np.ndarray, ha
         text = pc.cast(table.column(name).take(pa.array(good)), pa.string())
         categorical[:, j] = hashing.hash_strings(text, hashing.derive_seed(hash_seed, j))
     numeric, labels = numeric[good], labels[good].astype(np.float32)
-    content = [labels.astype(np.float64), *numeric.T]
-    hashes = hashing.combine_columns([hashing.hash_float64(c, _ROW_HASH_SEED) for c in content]
-                                     + [categorical[:, j] for j in range(categorical.shape[1])])
+    hashes = hashing.hash_rows(np.column_stack([labels, numeric]), categorical)
     return TabularRows(labels, numeric, categorical, numbers[good], hashes)
 
 

@@ -64,7 +64,7 @@ class CriteoRows:
 
     labels: np.ndarray  # float32 (n,)
     integers: np.ndarray  # float64 (n, 13), NaN where missing
-    categorical: np.ndarray  # uint64 (n, 26); (n, 0) when parsed with hash_categorical=False
+    categorical: np.ndarray  # uint64 (n, 26)
     lines: np.ndarray  # int64 (n,), 1-based line numbers in the source file
     hashes: np.ndarray | None = None  # uint64 (n,), see row_hash
 
@@ -72,21 +72,13 @@ class CriteoRows:
         return len(self.labels)
 
     def row_hash(self) -> np.ndarray:
-        """A hash of each row, the same wherever and whenever it is parsed: the hash of its
-        line's text, ``hashing.hash_spans`` of the bytes before the line end (LF or CRLF
-        alike) with seed ``ROW_HASH_SEED``, computed by ``parse_block``.
-
-        The text rather than the parsed values, so that the train/test split needs no
-        categorical hashes (the first pass goes without them). The same line always lands
-        on the same side; the same row written otherwise (as CSV rather than TSV, "1.0"
-        for "1") may not.
-        """
+        """A hash of each row's values (``hashing.hash_rows`` of the label and integers, then
+        the categorical hashes), computed by ``parse_block``: the same row lands on the
+        same side of the split wherever it is and however it is written (TSV or CSV, "1.0"
+        for "1", or as a CSV/Parquet input with a schema of the same columns)."""
         if self.hashes is None:
             raise ValueError("row hashes are those of the parsed lines: get the rows from parse_block")
         return self.hashes
-
-
-ROW_HASH_SEED = 0  # the seed of the row hashes (see CriteoRows.row_hash)
 
 
 def parse_block(
@@ -96,14 +88,8 @@ def parse_block(
     first_line: int,
     skip_header: bool,
     hash_seed: int,
-    hash_categorical: bool = True,
 ) -> ParsedBlock:
-    """Parse whole lines of Criteo text; bad rows are set aside with their reason.
-
-    ``hash_categorical=False`` leaves the categorical columns unhashed (``categorical``
-    is then (n, 0)): for a pass that needs only labels, integers and row hashes, they are
-    most of the parsing work.
-    """
+    """Parse whole lines of Criteo text; bad rows are set aside with their reason."""
     uniform = split_uniform(data, dialect.delimiter.encode(), NUM_FIELDS)
     lines = uniform[0] if uniform else split_lines(data)
     n = len(lines)
@@ -141,15 +127,11 @@ def parse_block(
     if bad.any():
         good = np.flatnonzero(~bad)
         fields, labels, integers, candidates = fields.take(good), labels[good], integers[good], candidates[good]
-    if hash_categorical:
-        cat = slice(1 + NUM_INTEGER, NUM_FIELDS)
-        seeds = [hashing.derive_seed(hash_seed, j) for j in range(NUM_CATEGORICAL)]
-        starts = fields.starts[cat]
-        categorical = hashing.hash_span_columns(fields.data, starts.T, (fields.ends[cat] - starts).T, seeds)
-    else:
-        categorical = np.empty((len(candidates), 0), dtype=np.uint64)
-    starts = lines.starts[candidates]
-    hashes = hashing.hash_spans(lines.data, starts, lines.ends[candidates] - starts, ROW_HASH_SEED)
+    cat = slice(1 + NUM_INTEGER, NUM_FIELDS)
+    seeds = [hashing.derive_seed(hash_seed, j) for j in range(NUM_CATEGORICAL)]
+    starts = fields.starts[cat]
+    categorical = hashing.hash_span_columns(fields.data, starts.T, (fields.ends[cat] - starts).T, seeds)
+    hashes = hashing.hash_rows(np.column_stack([labels, integers]), categorical)
 
     rows = CriteoRows(
         labels=labels.astype(np.float32),

@@ -5,10 +5,13 @@ three steps, which is what lets one driver fan out any format:
 
 ``summarize``  (worker, pass 1) the statistics of one split's training rows: small ones
                in the JSON result, large ones (bucket counts, id lists) in side files;
-               ``summary_needs_categorical`` says whether it reads hashed categoricals;
 ``fit``        (driver) merge the summaries into a fitted transform, writing what is too
                large for the manifest under ``<output>/transform/``;
 ``apply``      (worker, pass 2) rows to an Arrow table of the shard schema.
+
+A family with ``finishes_after_shuffle`` (tabular) splits ``apply`` in two:
+``features`` (pass 1, needs no fit) and ``finish`` (as shards are combined), which
+saves a second parse of the input.
 
 A fitted transform's JSON, with the artifacts it names, is all that prediction needs
 to turn new raw rows into the same features.

@@ -32,7 +32,7 @@ class RatingsTransform:
     _ids: dict[str, pa.Array] | None = field(default=None, compare=False, repr=False)
 
     kind = "ratings"
-    summary_needs_categorical = False  # no hashed categorical columns in this family
+    finishes_after_shuffle = False  # its fit decides which rows are kept, or what ids they get
 
     @property
     def feature_dim(self) -> int:

@@ -39,7 +39,7 @@ class SparseTransform:
     _scale: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     kind = "sparse"
-    summary_needs_categorical = False  # no hashed categorical columns in this family
+    finishes_after_shuffle = False  # its fit decides which rows are kept, or what ids they get
 
     def __post_init__(self) -> None:
         if self.normalize not in NORMALIZERS:

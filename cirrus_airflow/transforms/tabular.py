@@ -70,6 +70,9 @@ class TabularTransform:
     _frequent: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     kind = "sparse"
+    # Its fitted part (scaling, rare buckets) is a cheap pass over fixed-width rows, so the
+    # driver scatters ``features`` in pass 1 and calls ``finish`` as shards are combined.
+    finishes_after_shuffle = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.hash_bits <= MAX_HASH_BITS:
@@ -107,15 +110,10 @@ class TabularTransform:
 
     # -- pass 1 ---------------------------------------------------------------------------------------------
 
-    @property
-    def summary_needs_categorical(self) -> bool:
-        """Only bucket counts need the categorical hashes in pass 1; without them the
-        parser can skip most of its work."""
-        return self.min_count > 1
-
     def summarize(self, rows: TabularRows, train: np.ndarray, workspace: Workspace, key: str) -> dict:
         """Numeric statistics of the training rows and, for ``min_count``, their bucket counts."""
-        summary: dict = {"numeric": ColumnStats.of(self._numeric_view(rows.numeric[train])).to_json()}
+        numeric = self._numeric_view(rows.numeric[train]).astype(np.float64)
+        summary: dict = {"numeric": ColumnStats.of(numeric).to_json()}
         if self.min_count > 1:
             buckets = self._buckets(rows.categorical[train]).ravel()
             counts = np.bincount(buckets, minlength=1 << self.hash_bits).astype(np.uint32)
@@ -142,38 +140,29 @@ class TabularTransform:
         packed = workspace.read_array(workspace.artifact_uri(self.frequent_file))
         return replace(self, _frequent=np.unpackbits(packed, count=1 << self.hash_bits).astype(bool))
 
-    # -- pass 2 ---------------------------------------------------------------------------------------------
+    # -- after the fit: features before the shuffle, the fitted part after it ---------------------------------
 
     def apply(self, rows: TabularRows) -> SparseRows:
-        """Every row has one entry per numeric column (its value, or with indicators, the
-        indicator of its absence) and one per hashed column, so the CSR arrays are
-        fixed-width (n, width) arrays built in place, with no mask over wider candidates."""
-        if self.stats is None:
-            raise ValueError("TabularTransform.apply needs the statistics of the first pass (call fit first)")
-        if self.min_count > 1 and self._frequent is None:
-            raise ValueError("TabularTransform.apply needs the frequent-bucket mask (call load first)")
+        """The rows' final features (for prediction; preprocessing runs the two halves apart)."""
+        return self.finish(self.features(rows))
+
+    def features(self, rows: TabularRows) -> SparseRows:
+        """The features that need no statistics, so pass 1 can scatter them as it counts.
+
+        Every row has one entry per numeric column and one per hashed column, so the CSR
+        arrays are fixed-width (n, width) arrays built in place. Numeric entries hold the
+        (logged) values unscaled, NaN where missing, at indices [0, k); hashed entries are
+        final but for the ``min_count`` fold. ``finish`` does the rest.
+        """
         n, k = len(rows), len(self.numeric_columns)
-        numeric = normalize(self._numeric_view(rows.numeric), self.stats, self.normalize)
-        missing = np.isnan(numeric)
         hashed = self._hashed_columns(rows.categorical)
         width = k + hashed.shape[1]
         indices = np.empty((n, width), dtype=np.int32)
         values = np.ones((n, width), dtype=np.float32)
-        if self.missing == "indicator":
-            used = np.concatenate([~missing, missing], axis=1)  # per row, k of the 2k slots, in order
-            indices[:, :k] = np.broadcast_to(np.arange(2 * k, dtype=np.int32), used.shape)[used].reshape(n, k)
-            slot_values = np.ones(used.shape, dtype=np.float32)
-            slot_values[:, :k] = numeric
-            values[:, :k] = slot_values[used].reshape(n, k)
-        else:
-            means = normalize(self.stats.mean[None, :], self.stats, self.normalize)[0]
-            indices[:, :k] = np.arange(k, dtype=np.int32)
-            values[:, :k] = np.where(missing, means, numeric)
+        indices[:, :k] = np.arange(k, dtype=np.int32)
+        values[:, :k] = self._numeric_view(rows.numeric)
         buckets = indices[:, k:]
         np.bitwise_and(hashed, np.uint64((1 << self.hash_bits) - 1), out=buckets, casting="unsafe")
-        if self._frequent is not None:
-            rare = np.asarray(self._rare_buckets(), dtype=np.int32)
-            buckets[...] = np.where(self._frequent[buckets], buckets, rare[None, :])
         buckets += self.numeric_width
         if self.signed_hash:
             values[:, k:] = self._signs(hashed)
@@ -184,10 +173,44 @@ class TabularTransform:
             values=values.reshape(-1),
         )
 
+    def finish(self, rows: SparseRows) -> SparseRows:
+        """Rows made by ``features`` (in any order, joined from any blocks) with the fitted
+        statistics applied: numeric values scaled, a missing value as its indicator (the
+        row's entries stay in index order) or as the training mean, rare buckets folded.
+        The rows' arrays are reused: ``rows`` is consumed."""
+        if self.stats is None:
+            raise ValueError("TabularTransform.finish needs the statistics of the first pass (call fit first)")
+        if self.min_count > 1 and self._frequent is None:
+            raise ValueError("TabularTransform.finish needs the frequent-bucket mask (call load first)")
+        n, k = len(rows), len(self.numeric_columns)
+        width = k + len(self.categorical_columns) + len(self.crosses)
+        if len(rows.indices) != n * width:
+            raise ValueError(f"finish takes the rows made by features ({width} entries a row), got "
+                             f"{len(rows.indices)} entries for {n} rows")
+        indices, values = rows.indices.reshape(n, width), rows.values.reshape(n, width)
+        numeric = normalize(values[:, :k].astype(np.float64), self.stats, self.normalize)
+        missing = np.isnan(numeric)
+        if self.missing == "indicator":
+            used = np.concatenate([~missing, missing], axis=1)  # per row, k of the 2k slots, in order
+            indices[:, :k] = np.broadcast_to(np.arange(2 * k, dtype=np.int32), used.shape)[used].reshape(n, k)
+            slot_values = np.ones(used.shape, dtype=np.float32)
+            slot_values[:, :k] = numeric
+            values[:, :k] = slot_values[used].reshape(n, k)
+        else:
+            means = normalize(self.stats.mean[None, :], self.stats, self.normalize)[0]
+            values[:, :k] = np.where(missing, means, numeric)
+        if self._frequent is not None:
+            buckets = indices[:, k:] - self.numeric_width
+            rare = np.asarray(self._rare_buckets(), dtype=np.int32)
+            indices[:, k:] = np.where(self._frequent[buckets], buckets, rare[None, :]) + self.numeric_width
+        return rows
+
     # -- shared ---------------------------------------------------------------------------------------------
 
     def _numeric_view(self, numeric: np.ndarray) -> np.ndarray:
-        return log_counts(numeric) if self.log_transform else numeric
+        """The numeric values as the rows carry them before scaling: logged if asked, in float32.
+        The statistics are taken on these very values, so a training value scales into [0, 1]."""
+        return (log_counts(numeric) if self.log_transform else numeric).astype(np.float32)
 
     def _hashed_columns(self, categorical: np.ndarray) -> np.ndarray:
         """The categorical hashes, then one column per cross (a hash of the pair)."""

@@ -65,3 +65,16 @@ def test_unit_interval_is_uniform_and_seeded():
 def test_non_string_input_is_refused():
     with pytest.raises(TypeError, match="string or binary"):
         hashing.hash_strings(pa.array([1, 2]), 0)
+
+
+def test_row_hashes_tell_rows_apart_by_value_and_column():
+    numbers = np.array([[1.0, 0.0, np.nan], [1.0, -0.0, np.float64("nan") * -1], [1.0, np.nan, 0.0],
+                        [0.0, 1.0, np.nan]])
+    hashed = np.array([[5, 6], [5, 6], [5, 6], [5, 6]], dtype=np.uint64)
+    h = hashing.hash_rows(numbers, hashed).tolist()
+    assert h[0] == h[1]  # -0.0 is 0.0 and every NaN is missing
+    assert len({h[0], h[2], h[3]}) == 3  # a missing value is not a zero; columns are not interchangeable
+    assert hashing.hash_rows(numbers[:1], hashed[:1, ::-1]).tolist() != h[:1]
+    counts = np.random.default_rng(0).integers(0, 40, (50_000, 5))  # small counts: alike in their low bits
+    many = hashing.hash_rows(counts.astype(float), np.zeros((50_000, 0), np.uint64))
+    assert len(set(many.tolist())) == len({tuple(r) for r in counts.tolist()})

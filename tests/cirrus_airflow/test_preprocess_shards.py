@@ -2,6 +2,8 @@
 separate test input, statistics equal to numpy's on the whole training split, and
 reruns that write the same bytes."""
 
+import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +14,11 @@ from cirrus_airflow import hashing
 from cirrus_airflow.datasets import write_synthetic_criteo
 from cirrus_airflow.formats.criteo import parse_block, sniff
 from cirrus_airflow.numeric import log_counts
+from cirrus_airflow.input_formats import input_format, transform_from_json
 from cirrus_airflow.preprocess import PreprocessConfig, PreprocessError, run_preprocess
-from cirrus_airflow.shards import read_manifest
+from cirrus_airflow.shards import SparseRows, read_manifest
 from cirrus_airflow.storage import Storage
+from cirrus_airflow.transforms.workspace import Workspace
 
 ROWS = 20_000
 
@@ -84,7 +88,7 @@ def test_numeric_statistics_equal_numpy_on_the_whole_training_split(sorted_click
     data = sorted_clicks.read_bytes()
     rows = parse_block(data, sniff(data[:4096], "x"), first_line=1, skip_header=False, hash_seed=0).rows
     train = hashing.unit_interval(rows.row_hash(), 9) >= 0.2
-    x = log_counts(rows.integers[train])
+    x = log_counts(rows.integers[train]).astype(np.float32).astype(np.float64)  # as the rows carry them
     np.testing.assert_array_equal(stats["count"], (~np.isnan(x)).sum(axis=0))
     np.testing.assert_allclose(stats["sum"], np.nansum(x, axis=0), rtol=1e-9)
     np.testing.assert_allclose(stats["sum_sq"], np.nansum(x * x, axis=0), rtol=1e-9)
@@ -129,11 +133,42 @@ def test_a_failed_run_leaves_no_manifest_and_no_scratch_files(tmp_path, inline_e
     assert list((out / "rejected").glob("*.jsonl"))
 
 
-@pytest.mark.parametrize("min_count, hashed", [(1, False), (3, True)])
-def test_the_first_pass_hashes_categorical_values_only_for_bucket_counts(
-        sorted_clicks, tmp_path, inline_executor, min_count, hashed):
-    summary = _run([sorted_clicks], tmp_path / "out", inline_executor, min_count=min_count)
-    options = {e["task"]: e.get("format_options") for e in inline_executor.events}
-    assert options["preprocess.stats"]["hash_categorical"] is hashed
-    assert options["preprocess.transform"].get("hash_categorical", True) is True
-    assert summary["rows_written"] == ROWS
+@pytest.mark.parametrize("params", [{}, {"min_count": 3, "missing": "impute", "normalize": "standard",
+                                     "signed_hash": True, "crosses": [("C1", "C2")]}])
+def test_tabular_input_is_parsed_once_and_its_shards_hold_what_prediction_computes(
+        sorted_clicks, tmp_path, inline_executor, params):
+    out = tmp_path / "out"
+    summary = _run([sorted_clicks], out, inline_executor, **params)
+    tasks = Counter(e["task"] for e in inline_executor.events)
+    assert "preprocess.transform" not in tasks and tasks["preprocess.combine"] == summary["shards"]
+    manifest = read_manifest(Storage(), str(out))
+    transform = transform_from_json(manifest.transform).load(Workspace(Storage(), str(out)))
+    data = sorted_clicks.read_bytes()
+    parsed = input_format("criteo", {"hash_seed": 0}).parse(data, sniff(data[:4096], "x").to_json(), first_line=1,
+                                                              skip_header=False)
+    want = transform.apply(parsed.rows)
+    got = SparseRows.concat([SparseRows.from_arrow(pq.read_table(uri))
+                             for part in ("train", "test") for uri in manifest.shard_uris(str(out), part)])
+    assert _sorted_rows(got) == _sorted_rows(want)
+
+
+def _sorted_rows(rows: SparseRows) -> list[tuple]:
+    width = len(rows.indices) // len(rows)
+    indices, values = rows.indices.reshape(-1, width), rows.values.reshape(-1, width)
+    return sorted(zip(rows.labels.tolist(), map(tuple, indices.tolist()), map(tuple, values.tolist())))
+
+
+def test_rejected_rows_of_later_splits_are_numbered_from_their_file_start(tmp_path, inline_executor):
+    write_synthetic_criteo(Storage(), str(tmp_path / "a.tsv"), rows=8000, seed=1)
+    lines = (tmp_path / "a.tsv").read_bytes().splitlines(keepends=True)
+    bad = [10, 3999, 7990]  # 1-based numbers of the lines made bad, in the first, middle and last splits
+    for n in bad:
+        lines[n - 1] = b"1\tnot a row\n"
+    (tmp_path / "a.tsv").write_bytes(b"".join(lines))
+    summary = _run([tmp_path / "a.tsv"], tmp_path / "out", inline_executor, split_bytes=1 << 18)
+    assert summary["rows_rejected"] == 3 and summary["rows_written"] == 8000 - 3
+    records = [json.loads(line) for path in sorted((tmp_path / "out" / "rejected").glob("*.jsonl"))
+               for line in path.read_text().splitlines()]
+    assert sorted(r["line"] for r in records) == bad
+    assert all(r["text"] == "1\tnot a row" and r["reason"] == "wrong_field_count" for r in records)
+    assert len({e["index"] for e in inline_executor.events if e["task"] == "preprocess.stats"}) >= 3
