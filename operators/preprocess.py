@@ -24,7 +24,8 @@ def output_asset(output_uri: str) -> Asset:
 
 class CirrusPreprocessOperator(CirrusBaseOperator):
     """Preprocess raw data into Parquet shards and a manifest, fanned out over serverless
-    workers in three passes (statistics, transformation, shuffle into shards).
+    workers in passes: statistics, transformation (tabular data goes without it: its
+    features are scattered with the statistics), shuffle into shards.
 
     :param input_uris: one URI or a list of them; templated. Each is a file, a folder or
         S3 prefix (all files under it), or a glob (``data/day_*.tsv``,
