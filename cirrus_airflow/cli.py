@@ -31,6 +31,7 @@ from cirrus_airflow.report import format_table
 from cirrus_airflow.storage import Storage, StorageError, join
 from cirrus_airflow.transforms.sparse import INDEX_BASES
 from cirrus_airflow.transforms.tabular import MISSING_MODES
+from cirrus_airflow.models.registry import DEFAULT_L2, MODELS
 from cirrus_airflow.training import OPTIMIZERS, TrainConfig, TrainingError, TrainingJob
 from ps_service.serve import build_parser as ps_parser
 from ps_service.serve import run as ps_run
@@ -124,7 +125,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     token = Path(args.ps_token_file).read_text().strip() if args.ps_token_file else None
     return TrainConfig(
         data=args.data, output=args.output, model=args.model, workers=args.workers,
-        learning_rate=args.learning_rate, optimizer=args.optimizer, l2=args.l2, minibatch=args.minibatch,
+        learning_rate=args.learning_rate, optimizer=args.optimizer, l2=args.l2, factors=args.factors,
+        minibatch=args.minibatch,
         epochs=args.epochs, time_budget_s=args.time_budget, seed=args.seed,
         handover_margin_s=args.handover_margin, ps_address=args.ps_address, ps_token=token,
         ps_shards=args.ps_shards,
@@ -273,11 +275,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("train", cmd_train, "train a model on preprocessed shards with serverless workers")
     p.add_argument("--data", required=True, metavar="URI", help="preprocessing output (has _manifest.json)")
     p.add_argument("--output", required=True, metavar="URI", help="folder for the model and metrics")
-    p.add_argument("--model", choices=("lr",), default="lr")
+    p.add_argument("--model", choices=MODELS, default="lr",
+                   help="lr: logistic regression on sparse shards; mf: matrix factorisation on ratings shards")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--learning-rate", type=float, default=0.1)
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adagrad")
-    p.add_argument("--l2", type=float, default=0.0)
+    p.add_argument("--l2", type=float, default=None,
+                   help=f"L2 strength, applied on the server (default: {DEFAULT_L2['lr']} for lr, "
+                        f"{DEFAULT_L2['mf']} for mf)")
+    p.add_argument("--factors", type=int, default=16, metavar="K", help="mf: factors per user and item")
     p.add_argument("--minibatch", type=int, default=256)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--time-budget", type=float, default=None, metavar="S")

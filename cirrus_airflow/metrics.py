@@ -1,9 +1,9 @@
 """Held-out metrics that merge across evaluation tasks.
 
-Each evaluation task summarises its shard in a few numbers and two score
-histograms; the driver adds them up. AUC comes from the histograms (ties inside a
-bin count one half), which is within about 1/bins of the exact value and keeps
-every result a few kilobytes however large the test set.
+Each evaluation task summarises its shard in a few numbers (and, for a classifier,
+two score histograms); the driver adds them up. AUC comes from the histograms (ties
+inside a bin count one half), which is within about 1/bins of the exact value and
+keeps every result a few kilobytes however large the test set.
 """
 
 from __future__ import annotations
@@ -105,3 +105,57 @@ def constant_log_loss(predicted: float, actual: float) -> float:
     ``actual``: with the training base rate, the figure a model must beat."""
     p = min(max(predicted, 1e-12), 1 - 1e-12)
     return float(-(actual * np.log(p) + (1 - actual) * np.log(1 - p)))
+
+
+@dataclass
+class RegressionMetrics:
+    """Squared and absolute errors of predicted ratings, and the ratings' own moments
+    (for the error of always predicting the training mean, the figure to beat)."""
+
+    count: int
+    squared_error: float
+    absolute_error: float
+    total: float
+    total_sq: float
+
+    @classmethod
+    def empty(cls) -> RegressionMetrics:
+        return cls(0, 0.0, 0.0, 0.0, 0.0)
+
+    @classmethod
+    def of(cls, predictions: np.ndarray, targets: np.ndarray) -> RegressionMetrics:
+        y = np.asarray(targets, dtype=np.float64)
+        error = np.asarray(predictions, dtype=np.float64) - y
+        return cls(len(y), float(error @ error), float(np.abs(error).sum()), float(y.sum()), float(y @ y))
+
+    def merge(self, other: RegressionMetrics) -> RegressionMetrics:
+        return RegressionMetrics(self.count + other.count, self.squared_error + other.squared_error,
+                                 self.absolute_error + other.absolute_error, self.total + other.total,
+                                 self.total_sq + other.total_sq)
+
+    @property
+    def rmse(self) -> float:
+        return float(np.sqrt(self.squared_error / self.count)) if self.count else float("nan")
+
+    @property
+    def mae(self) -> float:
+        return self.absolute_error / self.count if self.count else float("nan")
+
+    def constant_rmse(self, predicted: float) -> float:
+        """RMSE of always predicting ``predicted``: E[(y - c)^2] from the moments."""
+        if not self.count:
+            return float("nan")
+        mean_sq = (self.total_sq - 2 * predicted * self.total) / self.count + predicted * predicted
+        return float(np.sqrt(max(mean_sq, 0.0)))
+
+    def to_json(self) -> dict:
+        return {"count": self.count, "squared_error": self.squared_error, "absolute_error": self.absolute_error,
+                "total": self.total, "total_sq": self.total_sq}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> RegressionMetrics:
+        return cls(int(doc["count"]), float(doc["squared_error"]), float(doc["absolute_error"]),
+                   float(doc["total"]), float(doc["total_sq"]))
+
+    def summary(self) -> dict:
+        return {"test_rows": self.count, "test_rmse": self.rmse, "test_mae": self.mae}

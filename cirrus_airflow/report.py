@@ -9,6 +9,9 @@ _TRAIN_ROWS = (
     ("test_logloss", "test log loss", "{:.4f}"),
     ("baseline_logloss", "base-rate log loss", "{:.4f}"),
     ("test_accuracy", "test accuracy", "{:.4f}"),
+    ("test_rmse", "test RMSE", "{:.4f}"),
+    ("test_mae", "test MAE", "{:.4f}"),
+    ("baseline_rmse", "mean-rating RMSE", "{:.4f}"),
     ("test_rows", "test rows", "{:,}"),
     ("train_loss", "train loss (progressive)", "{:.4f}"),
     ("examples", "examples trained", "{:,}"),
@@ -35,7 +38,7 @@ _PREPROCESS_ROWS = (
 
 def format_table(summary: Mapping, rows: tuple = ()) -> str:
     """Two aligned columns of the figures a person looks at first."""
-    rows = rows or (_TRAIN_ROWS if "test_auc" in summary else _PREPROCESS_ROWS)
+    rows = rows or (_TRAIN_ROWS if "model_uri" in summary else _PREPROCESS_ROWS)
     cells = [(label, fmt.format(summary[key])) for key, label, fmt in rows if summary.get(key) is not None]
     width = max(len(label) for label, _ in cells) if cells else 0
     return "\n".join(f"  {label.ljust(width)}  {value}" for label, value in cells)

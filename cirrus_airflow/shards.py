@@ -1,9 +1,10 @@
-"""The shard format: sparse examples in Parquet, and the manifest that is written last.
+"""The shard format: examples in Parquet, and the manifest that is written last.
 
-A shard holds ``label: float32, indices: list<int32>, values: list<float32>``, with
-one row group per block of rows that a worker reads at once. In memory the same
-rows are CSR arrays (``SparseRows``), which is what the model maths works on; the
-conversion either way copies no row by itself.
+A sparse shard holds ``label: float32, indices: list<int32>, values: list<float32>``,
+a ratings shard ``user: int32, item: int32, rating: float32``, with one row group per
+block of rows that a worker reads at once. In memory the same rows are numpy arrays
+(``SparseRows`` in CSR form, ``RatingRows``), which is what the model maths works on;
+the conversion either way copies no row by itself.
 
 The manifest (``<prefix>/_manifest.json``) says what the shards are and how they
 were made. It is written after every shard, so its presence means "finished".
@@ -38,6 +39,7 @@ _WRITE_OPTIONS = {
     "write_statistics": ["label"],
     "write_batch_size": 1 << 16,
 }
+RATINGS_SCHEMA = pa.schema([("user", pa.int32()), ("item", pa.int32()), ("rating", pa.float32())])
 MANIFEST_NAME = "_manifest.json"
 MANIFEST_VERSION = 1
 
@@ -129,6 +131,47 @@ class SparseRows:
         )
 
 
+@dataclass
+class RatingRows:
+    """Ratings with dense user and item indices."""
+
+    users: np.ndarray  # int32 (n,)
+    items: np.ndarray  # int32 (n,)
+    ratings: np.ndarray  # float32 (n,)
+
+    def __len__(self) -> int:
+        return len(self.ratings)
+
+    def slice(self, start: int, stop: int) -> RatingRows:
+        return RatingRows(self.users[start:stop], self.items[start:stop], self.ratings[start:stop])
+
+    def take(self, rows: np.ndarray) -> RatingRows:
+        return RatingRows(self.users[rows], self.items[rows], self.ratings[rows])
+
+    @classmethod
+    def concat(cls, parts: list[RatingRows]) -> RatingRows:
+        return cls(*(np.concatenate([getattr(p, name) for p in parts]) if parts else np.empty(0, dtype)
+                     for name, dtype in (("users", np.int32), ("items", np.int32), ("ratings", np.float32))))
+
+    def to_arrow(self) -> pa.Table:
+        return pa.Table.from_arrays([arrow_array(self.users, np.int32), arrow_array(self.items, np.int32),
+                                     arrow_array(self.ratings, np.float32)], schema=RATINGS_SCHEMA)
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table) -> RatingRows:
+        if table.schema.remove_metadata() != RATINGS_SCHEMA:
+            raise ValueError(f"not a ratings shard: schema is {table.schema}, expected {RATINGS_SCHEMA}")
+        table = table.combine_chunks()
+        return cls(*(table.column(name).to_numpy() for name in ("user", "item", "rating")))
+
+
+def rows_from_arrow(table: pa.Table) -> SparseRows | RatingRows:
+    """A shard's rows as the model maths takes them, by the shard's schema."""
+    if table.schema.remove_metadata() == RATINGS_SCHEMA:
+        return RatingRows.from_arrow(table)
+    return SparseRows.from_arrow(table)
+
+
 def arrow_array(values: np.ndarray, dtype: type) -> pa.Array:
     values = np.ascontiguousarray(values, dtype=dtype)
     return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
@@ -172,13 +215,13 @@ class ShardReader:
     def num_row_groups(self) -> int:
         return self._file.num_row_groups
 
-    def row_group(self, i: int) -> SparseRows:
-        return SparseRows.from_arrow(self._file.read_row_group(i))
+    def row_group(self, i: int) -> SparseRows | RatingRows:
+        return rows_from_arrow(self._file.read_row_group(i))
 
-    def read_all(self) -> SparseRows:
-        return SparseRows.from_arrow(self._file.read())
+    def read_all(self) -> SparseRows | RatingRows:
+        return rows_from_arrow(self._file.read())
 
-    def __iter__(self) -> Iterator[SparseRows]:
+    def __iter__(self) -> Iterator[SparseRows | RatingRows]:
         for i in range(self.num_row_groups):
             yield self.row_group(i)
 

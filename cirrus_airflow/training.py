@@ -24,8 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from cirrus_airflow.executor import InvocationError, LocalLambdaExecutor, ServerlessExecutor
-from cirrus_airflow.metrics import BinaryMetrics, constant_log_loss
+from cirrus_airflow.metrics import RegressionMetrics, constant_log_loss
 from cirrus_airflow.model_store import WEIGHTS_NAME, save_model
+from cirrus_airflow.models import registry
+from cirrus_airflow.models.registry import MODELS, ModelPlan
 from cirrus_airflow.shards import Manifest, read_manifest
 from cirrus_airflow.storage import Storage, join, normalize
 from ps_service.client import PSClient
@@ -34,7 +36,6 @@ from ps_service.optimizers import OPTIMIZERS as SERVER_OPTIMIZERS
 
 log = logging.getLogger(__name__)
 
-MODELS = ("lr",)
 OPTIMIZERS = tuple(sorted(SERVER_OPTIMIZERS))
 # Weights are fetched from the server in chunks of this many keys (frames stay small).
 _FETCH_KEYS = 1 << 22
@@ -54,7 +55,8 @@ class TrainConfig:
     workers: int = 4
     learning_rate: float = 0.1
     optimizer: str = "adagrad"
-    l2: float = 0.0
+    l2: float | None = None  # None: the model's default (registry.DEFAULT_L2)
+    factors: int = 16
     minibatch: int = 256
     epochs: int = 2
     time_budget_s: float | None = None
@@ -67,8 +69,7 @@ class TrainConfig:
     handover_margin_s: float = 10.0
 
     def validate(self) -> None:
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        registry.check_model(self.model)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.workers < 1:
@@ -77,8 +78,10 @@ class TrainConfig:
             raise ValueError(f"ps_shards must be at least 1, got {self.ps_shards}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate}")
-        if self.l2 < 0:
-            raise ValueError(f"l2 must be zero or positive, got {self.l2}")
+        if self.l2 is not None and not (self.l2 >= 0 and math.isfinite(self.l2)):
+            raise ValueError(f"l2 must be zero or positive (or None for the model's default), got {self.l2}")
+        if self.factors < 1:
+            raise ValueError(f"factors must be at least 1, got {self.factors}")
         if self.minibatch < 1:
             raise ValueError(f"minibatch must be at least 1, got {self.minibatch}")
         if self.epochs < 1:
@@ -89,6 +92,10 @@ class TrainConfig:
             raise ValueError(f"handover_margin_s must be positive, got {self.handover_margin_s}")
         if not self.data or not self.output:
             raise ValueError("data and output must both be URIs (a local path or s3://bucket/prefix)")
+
+    @property
+    def effective_l2(self) -> float:
+        return registry.DEFAULT_L2[self.model] if self.l2 is None else self.l2
 
 
 @dataclass
@@ -148,8 +155,10 @@ class TrainingJob:
         cfg = self.config
         data, output = normalize(cfg.data), normalize(cfg.output)
         manifest = read_manifest(self.storage, data)
-        if manifest.kind != "sparse":
-            raise TrainingError(f"{data} holds {manifest.kind!r} shards; model {cfg.model!r} trains on sparse examples")
+        try:
+            plan = registry.plan(cfg.model, manifest, factors=cfg.factors)
+        except ValueError as exc:
+            raise TrainingError(f"{data}: {exc}") from None
         units = [(uri, g) for uri, entry in zip(manifest.shard_uris(data, "train"), manifest.shards["train"])
                  for g in range(entry["row_groups"])]
         workers = min(cfg.workers, len(units))
@@ -160,37 +169,36 @@ class TrainingJob:
         with self._parameter_server() as (address, token), PSClient(address, token=token) as client:
             self._server = (address, token)
             try:
-                client.create_table(self.table, size=manifest.feature_dim + 1, width=1, optimizer=cfg.optimizer,
-                                    learning_rate=cfg.learning_rate, l2=cfg.l2)
+                client.create_table(self.table, **plan.table_options(), seed=cfg.seed, optimizer=cfg.optimizer,
+                                    learning_rate=cfg.learning_rate, l2=cfg.effective_l2)
                 started = time.time()
                 base_event = {
                     "task": "train.worker", "model": cfg.model, "table": self.table,
-                    "ps": {"address": address, "token": token}, "feature_dim": manifest.feature_dim,
+                    "ps": {"address": address, "token": token}, "model_params": plan.params,
                     "minibatch": cfg.minibatch, "epochs": cfg.epochs, "seed": cfg.seed,
                     "report_every": cfg.report_every, "handover_margin_ms": int(cfg.handover_margin_s * 1000),
                     "deadline": None if cfg.time_budget_s is None else started + cfg.time_budget_s,
                 }
                 outcome = self._train(client, base_event, _partition(units, workers), started)
                 train_seconds = time.time() - started
-                weights = _fetch_weights(client, self.table, manifest.feature_dim + 1)
+                weights = _fetch_weights(client, self.table, plan.size)
                 client.drop_table(self.table)  # a shared server must not keep every run's table
             finally:
                 self._server = None
         model_uri = join(output, "model")
         save_model(self.storage, model_uri, weights, {
-            "model": cfg.model, "feature_dim": manifest.feature_dim, "bias_key": manifest.feature_dim,
+            "model": cfg.model, "feature_dim": manifest.feature_dim, "params": plan.params,
             "data": data, "transform": manifest.transform, "config": _config_json(cfg),
         })
-        test = self._evaluate(manifest, data, join(model_uri, WEIGHTS_NAME), workers)
+        test = self._evaluate(manifest, data, plan, join(model_uri, WEIGHTS_NAME), workers)
         metrics_uri = join(output, "metrics.jsonl")
         self.storage.write_text(metrics_uri, "".join(json.dumps(p) + "\n" for p in outcome["curve"]))
-        train_rate = manifest.label_stats.get("train_positive_rate", test.positive_rate)
         summary = {
             "model": cfg.model,
             "model_uri": model_uri,
             "metrics_uri": metrics_uri,
             **test.summary(),
-            "baseline_logloss": constant_log_loss(train_rate, test.positive_rate),
+            **_baseline(test, manifest, plan),
             "train_loss": outcome["train_loss"],
             "examples": outcome["examples"],
             "updates": outcome["updates"],
@@ -295,16 +303,17 @@ class TrainingJob:
             self.progress(point)
         return point
 
-    def _evaluate(self, manifest: Manifest, data: str, weights_uri: str, workers: int) -> BinaryMetrics:
+    def _evaluate(self, manifest: Manifest, data: str, plan: ModelPlan, weights_uri: str,
+                  workers: int) -> registry.Metrics:
         shards = manifest.shard_uris(data, "test")
         if not shards:
             raise TrainingError(f"{data} has no test shards to evaluate on; preprocess with test_fraction > 0")
         groups = [shards[i::workers] for i in range(min(workers, len(shards)))]
-        events = [{"task": "evaluate", "model": self.config.model, "weights_uri": weights_uri, "shards": g}
-                  for g in groups]
-        metrics = BinaryMetrics.empty()
+        events = [{"task": "evaluate", "model": plan.model, "model_params": plan.params, "weights_uri": weights_uri,
+                   "shards": g} for g in groups]
+        metrics = registry.empty_metrics(plan.model)
         for result in self.executor.map(events):
-            metrics = metrics.merge(BinaryMetrics.from_json(result))
+            metrics = metrics.merge(registry.metrics_from_json(plan.model, result))
         return metrics
 
 
@@ -325,11 +334,19 @@ def _partition(units: list, workers: int) -> list[list]:
 
 
 def _fetch_weights(client: PSClient, table: str, size: int) -> np.ndarray:
-    """The whole weight vector, pulled in chunks so that no frame gets large."""
+    """The whole table, (size, width), pulled in chunks so that no frame gets large."""
     return np.concatenate([
-        client.pull(table, np.arange(lo, min(lo + _FETCH_KEYS, size), dtype=np.int64)).reshape(-1)
+        client.pull(table, np.arange(lo, min(lo + _FETCH_KEYS, size), dtype=np.int64))
         for lo in range(0, size, _FETCH_KEYS)
     ])
+
+
+def _baseline(test: registry.Metrics, manifest: Manifest, plan: ModelPlan) -> dict:
+    """The held-out loss of a constant prediction from the training rows: what a model must beat."""
+    if isinstance(test, RegressionMetrics):
+        return {"baseline_rmse": test.constant_rmse(plan.params["mean"])}
+    train_rate = manifest.label_stats.get("train_positive_rate", test.positive_rate)
+    return {"baseline_logloss": constant_log_loss(train_rate, test.positive_rate)}
 
 
 def _config_json(cfg: TrainConfig) -> dict:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from cirrus_airflow.models.logistic import Minibatch
+from cirrus_airflow.models import registry
 from cirrus_airflow.storage import Storage
 from lambda_pkg.data_iterator import Position, minibatches
 from ps_service.client import PSClient
@@ -35,13 +35,13 @@ HEARTBEAT_S = 5.0  # well inside the server's default 30 s heartbeat timeout
 
 
 def worker_task(event: dict, context: Any) -> dict:
-    if event.get("model") != "lr":
-        raise ValueError(f"unsupported model {event.get('model')!r}; this worker trains 'lr'")
+    model = event.get("model")
+    registry.check_model(model)
+    params = event["model_params"]
     units = [(uri, int(group)) for uri, group in event["units"]]
     if not units:
         raise ValueError("train.worker got no work units; the driver must give each worker at least one")
     table = event["table"]
-    bias_key = int(event["feature_dim"])
     margin_ms = int(event["handover_margin_ms"])
     deadline = event.get("deadline")
     report_every = max(1, int(event.get("report_every", 20)))
@@ -69,7 +69,7 @@ def worker_task(event: dict, context: Any) -> dict:
             item = next(batches, None)
             if item is not None:
                 following, rows = item
-                batch = Minibatch.of(rows, bias_key)
+                batch = registry.minibatch(model, params, rows)
                 weights = ps.pull(table, batch.keys)
             while item is not None:
                 grad, loss_sum = batch.gradient(weights)
@@ -81,11 +81,11 @@ def worker_task(event: dict, context: Any) -> dict:
                 if item is None or stop_reason:
                     ps.push(table, batch.keys, grad)
                 else:
-                    next_batch = Minibatch.of(item[1], bias_key)
+                    next_batch = registry.minibatch(model, params, item[1])
                     weights = ps.push_pull(table, batch.keys, grad, next_batch.keys)
                 stats["updates"] += 1
                 for acc in (stats, window):
-                    acc["examples"] += len(batch.rows)
+                    acc["examples"] += len(batch)
                     acc["loss_sum"] += loss_sum
                 if stats["updates"] % report_every == 0 or item is None or stop_reason:
                     ps.report(table, "train_loss", window["loss_sum"] / max(1, window["examples"]),

@@ -21,12 +21,15 @@ class CirrusTrainOperator(CirrusBaseOperator):
 
     :param data_uri: the preprocessing output (folder with ``_manifest.json``); templated.
     :param output_uri: folder for ``model/``, ``metrics.jsonl`` and ``summary.json``; templated.
-    :param model: ``lr`` (sparse logistic regression).
+    :param model: ``lr`` (sparse logistic regression, on sparse shards) or ``mf`` (biased
+        matrix factorisation, on ratings shards).
     :param workers: number of concurrent workers (W).
     :param learning_rate: step size of the server-side optimizer.
     :param optimizer: the server-side update rule: ``sgd``, ``momentum``, ``nesterov``,
         ``adagrad`` or ``adam``.
-    :param l2: L2 regularisation strength, applied on the server.
+    :param l2: L2 regularisation strength, applied on the server to the rows a step
+        touches; None takes the model's default (0 for ``lr``, 0.2 for ``mf``).
+    :param factors: ``mf``: factors per user and per item (each also has a bias).
     :param minibatch: rows per gradient step.
     :param epochs: passes over the training rows.
     :param time_budget_s: stop after this many seconds whatever the epochs.
@@ -37,7 +40,8 @@ class CirrusTrainOperator(CirrusBaseOperator):
     :param ps_shards: without ``ps_conn_id``, start a parameter server of this many
         processes, keys spread over them.
 
-    Returns (XCom) the summary: test log loss, AUC and accuracy, examples per second,
+    Returns (XCom) the summary: the held-out metrics (``lr``: log loss, AUC, accuracy;
+    ``mf``: RMSE, MAE) beside a constant prediction's, examples per second,
     worker-seconds and the model URI.
     """
 
@@ -52,7 +56,8 @@ class CirrusTrainOperator(CirrusBaseOperator):
         workers: int = 4,
         learning_rate: float = 0.1,
         optimizer: str = "adagrad",
-        l2: float = 0.0,
+        l2: float | None = None,
+        factors: int = 16,
         minibatch: int = 256,
         epochs: int = 2,
         time_budget_s: float | None = None,
@@ -70,6 +75,7 @@ class CirrusTrainOperator(CirrusBaseOperator):
         self.learning_rate = learning_rate
         self.optimizer = optimizer
         self.l2 = l2
+        self.factors = factors
         self.minibatch = minibatch
         self.epochs = epochs
         self.time_budget_s = time_budget_s
@@ -82,7 +88,8 @@ class CirrusTrainOperator(CirrusBaseOperator):
     def _config(self, ps_address: str | None = None, ps_token: str | None = None) -> TrainConfig:
         return TrainConfig(
             data=self.data_uri, output=self.output_uri, model=self.model, workers=self.workers,
-            learning_rate=self.learning_rate, optimizer=self.optimizer, l2=self.l2, minibatch=self.minibatch,
+            learning_rate=self.learning_rate, optimizer=self.optimizer, l2=self.l2, factors=self.factors,
+            minibatch=self.minibatch,
             epochs=self.epochs, time_budget_s=self.time_budget_s, seed=self.seed,
             handover_margin_s=self.handover_margin_s, ps_address=ps_address, ps_token=ps_token,
             ps_shards=self.ps_shards,

@@ -30,6 +30,9 @@ class Minibatch:
         keys = np.append(keys.astype(np.int64), np.int64(bias_key))
         return cls(rows=rows, keys=keys, local=local.astype(np.int64), row_of_entry=_row_of_entry(rows))
 
+    def __len__(self) -> int:
+        return len(self.rows)
+
     def margins(self, weights: np.ndarray) -> np.ndarray:
         """x·w + b for every row; ``weights`` is aligned with ``keys``."""
         w = np.asarray(weights, dtype=np.float64).reshape(-1)

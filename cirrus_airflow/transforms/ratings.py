@@ -18,9 +18,9 @@ import numpy as np
 import pyarrow as pa
 
 from cirrus_airflow.formats import ratings as ratings_format
+from cirrus_airflow.shards import RATINGS_SCHEMA
 from cirrus_airflow.transforms.workspace import TRANSFORM, Workspace
 
-RATINGS_SCHEMA = pa.schema([("user", pa.int32()), ("item", pa.int32()), ("rating", pa.float32())])
 _FILES = {"users": f"{TRANSFORM}/user-ids.parquet", "items": f"{TRANSFORM}/item-ids.parquet"}
 
 

@@ -1,5 +1,6 @@
-"""The example DAGs: they import cleanly, and the Criteo pipeline runs end to end in
-Airflow (``airflow dags test``) on the embedded backends."""
+"""The example DAGs: they import cleanly, and both pipelines (Criteo click-through with
+logistic regression, MovieLens-style ratings with matrix factorisation) run end to end
+in Airflow (``airflow dags test``) on the embedded backends."""
 
 import json
 import os
@@ -22,6 +23,9 @@ def test_dags_import_without_errors():
     dag = bag.dags["cirrus_criteo_pipeline"]
     assert [t.task_id for t in dag.topological_sort()] == ["generate_clicks", "preprocess", "train"]
     assert dag.params["root"]
+    dag = bag.dags["cirrus_movielens_pipeline"]
+    assert [t.task_id for t in dag.topological_sort()] == ["generate_ratings", "preprocess", "train"]
+    assert dag.params["ratings"] == ""
 
 
 @pytest.fixture
@@ -37,6 +41,7 @@ def airflow_env(tmp_path):
         "AIRFLOW__CIRRUS__EXECUTOR": "local",
         "CIRRUS_DEMO_ROOT": str(tmp_path / "data"),
         "CIRRUS_DEMO_ROWS": "40000",
+        "CIRRUS_DEMO_RATINGS": "30000",
         "CIRRUS_DEMO_WORKERS": "2",
     }
     subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
@@ -55,3 +60,15 @@ def test_criteo_pipeline_runs_in_airflow_and_beats_the_base_rate(airflow_env):
     assert summary["test_logloss"] < summary["baseline_logloss"] - 0.02
     assert summary["test_auc"] > 0.68
     assert Path(summary["model_uri"], "weights.npy").exists()
+
+
+def test_movielens_pipeline_runs_in_airflow_and_beats_the_mean_rating(airflow_env):
+    env, data = airflow_env
+    run = subprocess.run([str(AIRFLOW), "dags", "test", "cirrus_movielens_pipeline"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:]
+    manifest = json.loads((data / "ratings-shards" / "_manifest.json").read_text())
+    assert manifest["kind"] == "ratings" and manifest["counts"]["rows_read"] == 30_000
+    (summary_file,) = (data / "mf-runs").glob("*/summary.json")
+    summary = json.loads(summary_file.read_text())
+    assert summary["model"] == "mf" and summary["test_rmse"] < 0.9 * summary["baseline_rmse"]

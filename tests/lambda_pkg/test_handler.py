@@ -10,7 +10,8 @@ from lambda_pkg.handler import handler
     ({}, "with a 'task' key"),
     ([], "with a 'task' key"),
     ({"task": "nope"}, "unknown task 'nope'"),
-    ({"task": "train.worker", "model": "svm"}, "unsupported model 'svm'"),
+    ({"task": "train.worker", "model": "svm"}, "model must be one of .* got 'svm'"),
+    ({"task": "evaluate", "model": "svm"}, "model must be one of .* got 'svm'"),
     ({"task": "preprocess.stats", "format": "xml"}, "format must be one of .* got 'xml'"),
 ])
 def test_bad_events_say_what_is_wrong(event, message):

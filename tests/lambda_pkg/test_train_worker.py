@@ -52,7 +52,7 @@ def server():
 
 def _event(server, units, **kw):
     return {"task": "train.worker", "model": "lr", "table": "w", "ps": {"address": server.address, "token": "t0ken"},
-            "feature_dim": DIM, "minibatch": 20, "epochs": 2, "seed": 1, "worker_id": 0, "units": units,
+            "model_params": {"bias_key": DIM}, "minibatch": 20, "epochs": 2, "seed": 1, "worker_id": 0, "units": units,
             "report_every": 5, "handover_margin_ms": 1000, **kw}
 
 
