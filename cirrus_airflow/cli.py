@@ -127,7 +127,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         data=args.data, output=args.output, model=args.model, workers=args.workers,
         learning_rate=args.learning_rate, optimizer=args.optimizer, l2=args.l2, factors=args.factors,
         minibatch=args.minibatch,
-        epochs=args.epochs, time_budget_s=args.time_budget, seed=args.seed,
+        epochs=args.epochs, time_budget_s=args.time_budget, seed=args.seed, target_loss=args.target_loss,
+        patience=args.patience, eval_interval_s=args.eval_interval or None, eval_rows=args.eval_rows,
         handover_margin_s=args.handover_margin, ps_address=args.ps_address, ps_token=token,
         ps_shards=args.ps_shards,
     )
@@ -142,8 +143,9 @@ def _run_preprocess(config: PreprocessConfig, args: argparse.Namespace, progress
 def _run_train(config: TrainConfig, args: argparse.Namespace, progress: _Progress) -> dict:
     def show(point: dict) -> None:
         loss = point["train_loss"]
+        held_out = f"  held-out loss={point['test_loss']:.4f}" if "test_loss" in point else ""
         progress.line(f"train  t={point['t']:.1f}s  updates={point['updates']:,}  "
-                      f"loss={'n/a' if loss is None else f'{loss:.4f}'}")
+                      f"loss={'n/a' if loss is None else f'{loss:.4f}'}{held_out}")
 
     with _executor(args) as executor:
         job = TrainingJob(config, storage=Storage(), executor=executor, progress=show)
@@ -287,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minibatch", type=int, default=256)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--time-budget", type=float, default=None, metavar="S")
+    p.add_argument("--target-loss", type=float, default=None, metavar="X",
+                   help="stop once the live held-out loss (lr: log loss, mf: RMSE) is at most X")
+    p.add_argument("--patience", type=int, default=None, metavar="N",
+                   help="stop after N live evaluations in a row without a new best held-out loss")
+    p.add_argument("--eval-interval", type=float, default=5.0, metavar="S",
+                   help="seconds between live held-out evaluations (0: only at the end)")
+    p.add_argument("--eval-rows", type=int, default=50_000, metavar="N", help="test rows a live evaluation scores")
     p.add_argument("--handover-margin", type=float, default=10.0, metavar="S",
                    help="hand over to a fresh invocation this long before the worker's time limit")
     p.add_argument("--seed", type=int, default=0)

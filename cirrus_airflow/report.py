@@ -14,6 +14,7 @@ _TRAIN_ROWS = (
     ("baseline_rmse", "mean-rating RMSE", "{:.4f}"),
     ("test_rows", "test rows", "{:,}"),
     ("train_loss", "train loss (progressive)", "{:.4f}"),
+    ("best_test_loss", "best live held-out loss", "{:.4f}"),
     ("examples", "examples trained", "{:,}"),
     ("examples_per_second", "examples / second", "{:,.0f}"),
     ("workers", "workers", "{}"),

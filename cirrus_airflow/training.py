@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 OPTIMIZERS = tuple(sorted(SERVER_OPTIMIZERS))
 # Weights are fetched from the server in chunks of this many keys (frames stay small).
 _FETCH_KEYS = 1 << 22
+_MIN_IMPROVEMENT = 1e-4
 
 
 class TrainingError(RuntimeError):
@@ -67,6 +68,10 @@ class TrainConfig:
     report_every: int = 20
     poll_interval_s: float = 1.0
     handover_margin_s: float = 10.0
+    eval_interval_s: float | None = 5.0  # None: no held-out evaluation while training
+    eval_rows: int = 50_000
+    target_loss: float | None = None
+    patience: int | None = None
 
     def validate(self) -> None:
         registry.check_model(self.model)
@@ -90,6 +95,17 @@ class TrainConfig:
             raise ValueError(f"time_budget_s must be positive (or None for no budget), got {self.time_budget_s}")
         if self.handover_margin_s <= 0:
             raise ValueError(f"handover_margin_s must be positive, got {self.handover_margin_s}")
+        if self.eval_interval_s is not None and not self.eval_interval_s > 0:
+            raise ValueError(f"eval_interval_s must be positive (or None for no live evaluation), "
+                             f"got {self.eval_interval_s}")
+        if self.eval_rows < 1:
+            raise ValueError(f"eval_rows must be at least 1, got {self.eval_rows}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be at least 1 evaluation (or None), got {self.patience}")
+        if self.target_loss is not None and not (self.target_loss > 0 and math.isfinite(self.target_loss)):
+            raise ValueError(f"target_loss must be a positive number (or None), got {self.target_loss}")
+        if self.eval_interval_s is None and (self.target_loss is not None or self.patience is not None):
+            raise ValueError("target_loss and patience stop on the live held-out loss: they need eval_interval_s")
         if not self.data or not self.output:
             raise ValueError("data and output must both be URIs (a local path or s3://bucket/prefix)")
 
@@ -129,6 +145,15 @@ class TrainingJob:
                 f"workers={config.workers} exceeds the executor's max_concurrency={executor.max_concurrency}: "
                 "the extra workers would wait for a slot instead of training; raise max_concurrency or lower workers"
             )
+        # The live evaluator is an invocation of its own, beside the workers.
+        self.live_eval = config.eval_interval_s is not None and config.workers < executor.max_concurrency
+        if config.eval_interval_s is not None and not self.live_eval:
+            if config.target_loss is not None or config.patience is not None:
+                raise ValueError(
+                    f"target_loss and patience need a live evaluator, an invocation beside the {config.workers} "
+                    f"workers: raise the executor's max_concurrency above {config.workers} or lower workers")
+            log.warning("no invocation slot is left beside the %d workers for the live evaluator: the held-out "
+                        "loss is measured at the end only", config.workers)
         self.config = config
         self.storage = storage
         self.executor = executor
@@ -179,7 +204,8 @@ class TrainingJob:
                     "report_every": cfg.report_every, "handover_margin_ms": int(cfg.handover_margin_s * 1000),
                     "deadline": None if cfg.time_budget_s is None else started + cfg.time_budget_s,
                 }
-                outcome = self._train(client, base_event, _partition(units, workers), started)
+                evaluator = self._live_evaluator(manifest, data, plan, address, token)
+                outcome = self._train(client, base_event, _partition(units, workers), started, evaluator)
                 train_seconds = time.time() - started
                 weights = _fetch_weights(client, self.table, plan.size)
                 client.drop_table(self.table)  # a shared server must not keep every run's table
@@ -200,6 +226,7 @@ class TrainingJob:
             **test.summary(),
             **_baseline(test, manifest, plan),
             "train_loss": outcome["train_loss"],
+            "best_test_loss": outcome["best_test_loss"],
             "examples": outcome["examples"],
             "updates": outcome["updates"],
             "examples_per_second": outcome["examples"] / max(train_seconds, 1e-9),
@@ -225,10 +252,25 @@ class TrainingJob:
             log.info("started a parameter server at %s (pids %s)", server.address, server.pids)
             yield server.address, token
 
-    def _train(self, client: PSClient, base_event: dict, shares: list[list], started: float) -> dict:
+    def _live_evaluator(self, manifest: Manifest, data: str, plan: ModelPlan, address: str,
+                        token: str | None) -> _LiveEvaluator | None:
+        cfg = self.config
+        shards = manifest.shard_uris(data, "test")
+        if not self.live_eval or not shards or cfg.eval_interval_s is None:
+            if cfg.target_loss is not None or cfg.patience is not None:
+                raise TrainingError(f"{data} has no test shards: target_loss and patience need held-out rows; "
+                                    "preprocess with test_fraction > 0 or a test input")
+            return None
+        event = {"task": "evaluate", "model": plan.model, "model_params": plan.params, "shards": shards,
+                 "max_rows": cfg.eval_rows, "table": self.table, "ps": {"address": address, "token": token}}
+        return _LiveEvaluator(self.executor, event, interval_s=cfg.eval_interval_s, target=cfg.target_loss,
+                              patience=cfg.patience)
+
+    def _train(self, client: PSClient, base_event: dict, shares: list[list], started: float,
+               evaluator: _LiveEvaluator | None) -> dict:
         """Run the workers to the end; on any failure or cancel, stop them all first."""
         try:
-            outcome = self._run_workers(client, base_event, shares, started)
+            outcome = self._run_workers(client, base_event, shares, started, evaluator)
         except BaseException:
             self._stop_everything(client)
             raise
@@ -242,7 +284,8 @@ class TrainingJob:
             client.stop(self.table)
         self.executor.cancel()
 
-    def _run_workers(self, client: PSClient, base_event: dict, shares: list[list], started: float) -> dict:
+    def _run_workers(self, client: PSClient, base_event: dict, shares: list[list], started: float,
+                     evaluator: _LiveEvaluator | None) -> dict:
         running: dict[Future, _Invocation] = {}
 
         def launch(worker: int, generation: int, resume: dict | None) -> None:
@@ -256,11 +299,14 @@ class TrainingJob:
         curve: list[dict] = []
         stopped_by = "epochs"
         while running and not self._cancelled.is_set():
-            done, _ = wait(list(running), timeout=self.config.poll_interval_s, return_when=FIRST_COMPLETED)
+            watched = list(running) + ([evaluator.future] if evaluator and evaluator.future else [])
+            done, _ = wait(watched, timeout=self.config.poll_interval_s, return_when=FIRST_COMPLETED)
             if self._cancelled.is_set():
                 break
             for future in done:
-                inv = running.pop(future)
+                inv = running.pop(future, None)
+                if inv is None:  # the evaluator's: collected below
+                    continue
                 totals["invocations"] += 1
                 totals["worker_seconds"] += time.time() - inv.started
                 result = _result(future, inv)
@@ -276,17 +322,30 @@ class TrainingJob:
                                 "another invocation holds its work", inv.worker, inv.generation, result["reason"])
                 elif result["status"] == "stopped" and stopped_by == "epochs":
                     stopped_by = "stopped"
-            curve.append(self._poll(client, started))
+            held_out = evaluator.collect() if evaluator else None
+            if held_out is not None:
+                totals["invocations"] += 1
+                totals["worker_seconds"] += held_out.pop("seconds")
+                verdict = evaluator.verdict(held_out["test_loss"])
+                if verdict and stopped_by == "epochs":
+                    log.info("stopping: %s (held-out loss %.5f)", verdict.replace("_", " "), held_out["test_loss"])
+                    stopped_by = verdict
+                    client.stop(self.table)
+            if evaluator and running and stopped_by == "epochs":
+                evaluator.maybe_launch()
+            curve.append(self._poll(client, started, held_out))
         return {
             **totals,
             "train_loss": totals["loss_sum"] / max(1, totals["examples"]),
+            "best_test_loss": evaluator.best if evaluator else None,
             "curve": curve,
             "stopped_by": stopped_by,
         }
 
-    def _poll(self, client: PSClient, started: float) -> dict:
-        """One point of the live curve: updates so far, and the mean training loss of
-        the reports that arrived since the previous point (by the server's clock)."""
+    def _poll(self, client: PSClient, started: float, held_out: dict | None) -> dict:
+        """One point of the live curve: updates so far, the mean training loss of the
+        reports that arrived since the previous point (by the server's clock), and the
+        held-out metrics of an evaluation that ended since."""
         table = client.status()["tables"].get(self.table, {})
         reports = [r for r in table.get("reports", [])
                    if r["name"] == "train_loss" and r["t"] > self._last_report_t]
@@ -298,6 +357,7 @@ class TrainingJob:
             "updates": table.get("updates", 0),
             "train_loss": sum(r["value"] * r["count"] for r in reports) / count if count else None,
             "examples": count,
+            **(held_out or {}),
         }
         if self.progress is not None:
             self.progress(point)
@@ -315,6 +375,57 @@ class TrainingJob:
         for result in self.executor.map(events):
             metrics = metrics.merge(registry.metrics_from_json(plan.model, result))
         return metrics
+
+
+class _LiveEvaluator:
+    """Held-out evaluations of the live model while the workers train: one invocation at a
+    time, every ``interval_s``, and the stopping rules on its loss (a target reached, or
+    ``patience`` evaluations in a row without a new best)."""
+
+    def __init__(self, executor: ServerlessExecutor, event: dict, *, interval_s: float, target: float | None,
+                 patience: int | None) -> None:
+        self.executor, self.event = executor, event
+        self.interval_s, self.target, self.patience = interval_s, target, patience
+        self.future: Future | None = None
+        self.started = 0.0
+        self.next_at = time.monotonic() + interval_s
+        self.best: float | None = None
+        self.stale = 0
+
+    def maybe_launch(self) -> None:
+        if self.future is None and time.monotonic() >= self.next_at:
+            self.started = time.monotonic()
+            self.future = self.executor.submit(self.event)
+
+    def collect(self) -> dict | None:
+        """The finished evaluation's metrics (held-out loss as ``test_loss``), if one finished."""
+        if self.future is None or not self.future.done():
+            return None
+        future, self.future = self.future, None
+        self.next_at = time.monotonic() + self.interval_s
+        try:
+            metrics = registry.metrics_from_json(self.event["model"], future.result())
+        except InvocationError as exc:  # the curve misses a point; training goes on
+            log.warning("a live evaluation failed (%s: %s); the next one is in %g s", exc.error_type,
+                        exc.error_message, self.interval_s)
+            return None
+        if not metrics.count:
+            return None
+        return {**metrics.summary(), "test_loss": registry.held_out_loss(metrics),
+                "seconds": time.monotonic() - self.started}
+
+    def verdict(self, loss: float) -> str | None:
+        """Why training should stop after this evaluation, if it should. A new best must beat
+        the old by ``_MIN_IMPROVEMENT`` (relative): noise-level gains do not reset patience."""
+        if self.best is None or loss < self.best * (1 - _MIN_IMPROVEMENT):
+            self.best, self.stale = loss, 0
+        else:
+            self.stale += 1
+        if self.target is not None and loss <= self.target:
+            return "target_loss"
+        if self.patience is not None and self.stale >= self.patience:
+            return "patience"
+        return None
 
 
 def _result(future: Future, inv: _Invocation) -> dict:

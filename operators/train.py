@@ -33,6 +33,13 @@ class CirrusTrainOperator(CirrusBaseOperator):
     :param minibatch: rows per gradient step.
     :param epochs: passes over the training rows.
     :param time_budget_s: stop after this many seconds whatever the epochs.
+    :param target_loss: stop once the live held-out loss (``lr``: log loss; ``mf``: RMSE)
+        is at most this.
+    :param patience: stop after this many live evaluations in a row without a new best.
+    :param eval_interval_s: seconds between live held-out evaluations, each an invocation
+        beside the workers (so the executor needs a slot more than ``workers``); None: at
+        the end only.
+    :param eval_rows: test rows a live evaluation scores (the same ones every time).
     :param handover_margin_s: a worker hands over to a fresh invocation this long
         before its Lambda time limit (must exceed one step and one shard read).
     :param ps_conn_id: a ``cirrus_parameter_server`` connection to use an existing server
@@ -61,6 +68,10 @@ class CirrusTrainOperator(CirrusBaseOperator):
         minibatch: int = 256,
         epochs: int = 2,
         time_budget_s: float | None = None,
+        target_loss: float | None = None,
+        patience: int | None = None,
+        eval_interval_s: float | None = 5.0,
+        eval_rows: int = 50_000,
         seed: int = 0,
         handover_margin_s: float = 10.0,
         ps_conn_id: str | None = None,
@@ -79,6 +90,10 @@ class CirrusTrainOperator(CirrusBaseOperator):
         self.minibatch = minibatch
         self.epochs = epochs
         self.time_budget_s = time_budget_s
+        self.target_loss = target_loss
+        self.patience = patience
+        self.eval_interval_s = eval_interval_s
+        self.eval_rows = eval_rows
         self.seed = seed
         self.handover_margin_s = handover_margin_s
         self.ps_conn_id = ps_conn_id
@@ -90,7 +105,8 @@ class CirrusTrainOperator(CirrusBaseOperator):
             data=self.data_uri, output=self.output_uri, model=self.model, workers=self.workers,
             learning_rate=self.learning_rate, optimizer=self.optimizer, l2=self.l2, factors=self.factors,
             minibatch=self.minibatch,
-            epochs=self.epochs, time_budget_s=self.time_budget_s, seed=self.seed,
+            epochs=self.epochs, time_budget_s=self.time_budget_s, target_loss=self.target_loss,
+            patience=self.patience, eval_interval_s=self.eval_interval_s, eval_rows=self.eval_rows, seed=self.seed,
             handover_margin_s=self.handover_margin_s, ps_address=ps_address, ps_token=ps_token,
             ps_shards=self.ps_shards,
         )
@@ -101,8 +117,9 @@ class CirrusTrainOperator(CirrusBaseOperator):
 
         def progress(point: dict) -> None:
             loss = point["train_loss"]
-            self.log.info("t=%.1fs updates=%d train_loss=%s", point["t"], point["updates"],
-                          "n/a" if loss is None else f"{loss:.4f}")
+            self.log.info("t=%.1fs updates=%d train_loss=%s%s", point["t"], point["updates"],
+                          "n/a" if loss is None else f"{loss:.4f}",
+                          f" held-out loss={point['test_loss']:.4f}" if "test_loss" in point else "")
 
         with hook.get_executor() as executor:
             job = TrainingJob(self._config(address, token), storage=hook.get_storage(), executor=executor,

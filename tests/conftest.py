@@ -66,6 +66,13 @@ def inline_executor():
 
 
 @pytest.fixture
+def evaluating_executor():
+    """Two workers and, beside them, the live evaluator of a training run."""
+    with InlineExecutor(max_concurrency=3) as executor:
+        yield executor
+
+
+@pytest.fixture
 def moto_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 (its endpoint URL), with every AWS setting cleared from the
     environment, so each test says itself how its code reaches S3."""

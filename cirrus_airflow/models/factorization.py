@@ -44,9 +44,9 @@ class FactorModel:
     def predict(self, users: np.ndarray, items: np.ndarray, table: np.ndarray) -> np.ndarray:
         """Predicted ratings of (user, item) index pairs under a whole factor table."""
         u, i = table[users], table[self.num_users + np.asarray(items, dtype=np.int64)]
-        return self._clip(self.mean + _dot_plus_biases(u, i))
+        return self.clip(self.mean + _dot_plus_biases(u, i))
 
-    def _clip(self, r: np.ndarray) -> np.ndarray:
+    def clip(self, r: np.ndarray) -> np.ndarray:
         if self.low is None or self.high is None:
             return r
         return np.clip(r, self.low, self.high)

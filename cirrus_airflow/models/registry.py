@@ -86,6 +86,19 @@ def metrics_from_json(model: str, doc: dict) -> Metrics:
     return BinaryMetrics.from_json(doc) if model == "lr" else RegressionMetrics.from_json(doc)
 
 
+def score_batch(batch: Minibatch | FactorBatch, weights: np.ndarray) -> Metrics:
+    """Held-out metrics of a minibatch's rows under the weights of its keys (a sparse pull
+    from the live model: an evaluation while training goes on)."""
+    if isinstance(batch, Minibatch):
+        return BinaryMetrics.of(batch.margins(weights), batch.rows.labels)
+    return RegressionMetrics.of(batch.model.clip(batch.predictions(weights)), batch.rows.ratings)
+
+
+def held_out_loss(metrics: Metrics) -> float:
+    """The one figure a run stops on and a search ranks by: log loss, or RMSE for ratings."""
+    return metrics.log_loss if isinstance(metrics, BinaryMetrics) else metrics.rmse
+
+
 def score(model: str, params: dict, rows: SparseRows | RatingRows, table: np.ndarray) -> Metrics:
     """Held-out metrics of rows under a whole table (as saved, or pulled from the server)."""
     if model == "lr":
