@@ -45,7 +45,7 @@ from cirrus_airflow.input_formats import (
 from cirrus_airflow.numeric import NORMALIZERS
 from cirrus_airflow.shards import MANIFEST_NAME, Manifest, manifest_uri, write_manifest
 from cirrus_airflow.shuffle import shard_count
-from cirrus_airflow.storage import Storage, StorageError, has_glob, is_s3, join, local_path, normalize
+from cirrus_airflow.storage import Storage, StorageError, has_glob, is_s3, join, normalize
 from cirrus_airflow.transforms.ratings import RatingsTransform
 from cirrus_airflow.transforms.sparse import SparseTransform
 from cirrus_airflow.transforms.tabular import TabularTransform
@@ -324,7 +324,7 @@ def run_preprocess(
         counts = _counts(mapped, blank=run.blank_lines)
         shards = run.shards(mapped, counts, transform)
     finally:
-        _delete_under(storage, join(run.output, WORK))
+        storage.delete_tree(join(run.output, WORK))
     manifest = Manifest(
         kind=transform.kind,
         feature_dim=transform.feature_dim,
@@ -364,7 +364,7 @@ class _Run:
                  sum(f.compressed for f in self.files), sum(f.size for f in self.files), len(self.splits))
         storage.delete(manifest_uri(self.output))
         for folder in (WORK, TRANSFORM):  # left by an earlier run; nothing finished refers to them now
-            _delete_under(storage, join(self.output, folder))
+            storage.delete_tree(join(self.output, folder))
         self.workspace = Workspace(storage, self.output)
         self.scatters_first = config.transform().finishes_after_shuffle
         self.shuffle_seed = hashing.derive_seed(config.split_seed, 1)
@@ -526,14 +526,6 @@ def _label_stats(transform: Any, counts: dict) -> dict:
     if transform.kind != "sparse":
         return {}
     return {"train_positive_rate": counts["train_positives"] / max(1, counts["train_rows"])}
-
-
-def _delete_under(storage: Storage, prefix: str) -> None:
-    if not is_s3(prefix):
-        shutil.rmtree(local_path(prefix), ignore_errors=True)  # folders too, not only the files
-        return
-    for uri in storage.list(prefix):
-        storage.delete(uri)
 
 
 def _remove_stale(storage: Storage, output: str, *, keep: set[str]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import threading
 import uuid
 from collections.abc import Callable
@@ -220,6 +221,14 @@ class Storage:
             self.s3.delete_object(Bucket=loc.bucket, Key=loc.key)
             return
         local_path(uri).unlink(missing_ok=True)
+
+    def delete_tree(self, prefix: str) -> None:
+        """Remove everything under a folder-like prefix (local folders too)."""
+        if not is_s3(prefix):
+            shutil.rmtree(local_path(prefix), ignore_errors=True)
+            return
+        for uri in self.list(prefix):
+            self.delete(uri)
 
     def _s3_list(self, uri: str, bucket: str, key_prefix: str) -> list[str]:
         """The URIs of every key that starts with ``key_prefix`` (a raw prefix, not a folder), sorted."""

@@ -27,9 +27,9 @@ from cirrus_airflow.executor import InvocationError, LocalLambdaExecutor, Server
 from cirrus_airflow.metrics import RegressionMetrics, constant_log_loss
 from cirrus_airflow.model_store import WEIGHTS_NAME, save_model
 from cirrus_airflow.models import registry
-from cirrus_airflow.models.registry import MODELS, ModelPlan
+from cirrus_airflow.models.registry import ModelPlan
 from cirrus_airflow.shards import Manifest, read_manifest
-from cirrus_airflow.storage import Storage, join, normalize
+from cirrus_airflow.storage import Storage, StorageError, join, normalize
 from ps_service.client import PSClient
 from ps_service.launcher import start_local_server
 from ps_service.optimizers import OPTIMIZERS as SERVER_OPTIMIZERS
@@ -68,6 +68,8 @@ class TrainConfig:
     report_every: int = 20
     poll_interval_s: float = 1.0
     handover_margin_s: float = 10.0
+    worker_silence_s: float = 20.0
+    max_replacements: int = 3
     eval_interval_s: float | None = 5.0  # None: no held-out evaluation while training
     eval_rows: int = 50_000
     target_loss: float | None = None
@@ -98,6 +100,10 @@ class TrainConfig:
         if self.eval_interval_s is not None and not self.eval_interval_s > 0:
             raise ValueError(f"eval_interval_s must be positive (or None for no live evaluation), "
                              f"got {self.eval_interval_s}")
+        if self.worker_silence_s <= 0:
+            raise ValueError(f"worker_silence_s must be positive, got {self.worker_silence_s}")
+        if self.max_replacements < 0:
+            raise ValueError(f"max_replacements must be zero or more, got {self.max_replacements}")
         if self.eval_rows < 1:
             raise ValueError(f"eval_rows must be at least 1, got {self.eval_rows}")
         if self.patience is not None and self.patience < 1:
@@ -119,6 +125,7 @@ class _Invocation:
     worker: int
     generation: int
     started: float
+    resume: dict | None  # where it started
 
 
 class TrainingJob:
@@ -191,6 +198,8 @@ class TrainingJob:
             log.warning("only %d row groups to train on: using %d workers instead of %d", len(units), workers, cfg.workers)
         summary_uri = join(output, "summary.json")
         self.storage.delete(summary_uri)  # a summary, when present, describes a finished run
+        progress = join(output, "_progress")  # the workers' journals, which only this run may read
+        self.storage.delete_tree(progress)
         with self._parameter_server() as (address, token), PSClient(address, token=token) as client:
             self._server = (address, token)
             try:
@@ -202,6 +211,9 @@ class TrainingJob:
                     "ps": {"address": address, "token": token}, "model_params": plan.params,
                     "minibatch": cfg.minibatch, "epochs": cfg.epochs, "seed": cfg.seed,
                     "report_every": cfg.report_every, "handover_margin_ms": int(cfg.handover_margin_s * 1000),
+                    # several heartbeats inside the silence that gets a worker replaced
+                    "heartbeat_s": min(5.0, cfg.worker_silence_s / 4), "progress_prefix": progress,
+                    "progress_interval_s": min(5.0, cfg.worker_silence_s / 4),
                     "deadline": None if cfg.time_budget_s is None else started + cfg.time_budget_s,
                 }
                 evaluator = self._live_evaluator(manifest, data, plan, address, token)
@@ -232,11 +244,13 @@ class TrainingJob:
             "examples_per_second": outcome["examples"] / max(train_seconds, 1e-9),
             "workers": workers,
             "invocations": outcome["invocations"],
+            "replacements": outcome["replacements"],
             "worker_seconds": outcome["worker_seconds"],
             "stopped_by": outcome["stopped_by"],
             "train_seconds": train_seconds,
         }
         self.storage.write_text(summary_uri, json.dumps(summary, indent=1, sort_keys=True))
+        self.storage.delete_tree(progress)
         return summary
 
     @contextlib.contextmanager
@@ -286,54 +300,36 @@ class TrainingJob:
 
     def _run_workers(self, client: PSClient, base_event: dict, shares: list[list], started: float,
                      evaluator: _LiveEvaluator | None) -> dict:
-        running: dict[Future, _Invocation] = {}
-
-        def launch(worker: int, generation: int, resume: dict | None) -> None:
-            event = {**base_event, "worker_id": worker, "generation": generation, "resume": resume,
-                     "units": [list(u) for u in shares[worker]]}
-            running[self.executor.submit(event)] = _Invocation(worker, generation, time.time())
-
-        for w in range(len(shares)):
-            launch(w, 0, None)
-        totals = {"examples": 0, "updates": 0, "invocations": 0, "worker_seconds": 0.0, "loss_sum": 0.0}
+        fleet = _Fleet(self.executor, self.storage, base_event, shares, self.config)
         curve: list[dict] = []
         stopped_by = "epochs"
-        while running and not self._cancelled.is_set():
-            watched = list(running) + ([evaluator.future] if evaluator and evaluator.future else [])
+        while fleet.running and not self._cancelled.is_set():
+            watched = list(fleet.running) + ([evaluator.future] if evaluator and evaluator.future else [])
             done, _ = wait(watched, timeout=self.config.poll_interval_s, return_when=FIRST_COMPLETED)
             if self._cancelled.is_set():
                 break
-            for future in done:
-                inv = running.pop(future, None)
-                if inv is None:  # the evaluator's: collected below
-                    continue
-                totals["invocations"] += 1
-                totals["worker_seconds"] += time.time() - inv.started
-                result = _result(future, inv)
-                totals["examples"] += result["examples"]
-                totals["updates"] += result["updates"]
-                totals["loss_sum"] += result["train_loss"] * result["examples"]
-                if result["status"] == "handover":
-                    launch(inv.worker, inv.generation + 1, result["resume"])
-                elif result["status"] == "deadline":
+            for future in done & fleet.running.keys():  # the evaluator's is collected below
+                status = fleet.finished(future)
+                if status == "deadline":
                     stopped_by = "time_budget"
-                elif result["status"] == "rejected":
-                    log.warning("worker %d generation %d was refused by the parameter server (%s); "
-                                "another invocation holds its work", inv.worker, inv.generation, result["reason"])
-                elif result["status"] == "stopped" and stopped_by == "epochs":
+                elif status == "stopped" and stopped_by == "epochs":
                     stopped_by = "stopped"
             held_out = evaluator.collect() if evaluator else None
             if held_out is not None:
-                totals["invocations"] += 1
-                totals["worker_seconds"] += held_out.pop("seconds")
+                fleet.totals["invocations"] += 1
+                fleet.totals["worker_seconds"] += held_out.pop("seconds")
                 verdict = evaluator.verdict(held_out["test_loss"])
                 if verdict and stopped_by == "epochs":
                     log.info("stopping: %s (held-out loss %.5f)", verdict.replace("_", " "), held_out["test_loss"])
                     stopped_by = verdict
                     client.stop(self.table)
-            if evaluator and running and stopped_by == "epochs":
+            if evaluator and fleet.running and stopped_by == "epochs":
                 evaluator.maybe_launch()
-            curve.append(self._poll(client, started, held_out))
+            status = client.status()
+            if stopped_by == "epochs":
+                fleet.replace_silent(status, self.table)
+            curve.append(self._poll(status, started, held_out))
+        totals = fleet.totals
         return {
             **totals,
             "train_loss": totals["loss_sum"] / max(1, totals["examples"]),
@@ -342,11 +338,11 @@ class TrainingJob:
             "stopped_by": stopped_by,
         }
 
-    def _poll(self, client: PSClient, started: float, held_out: dict | None) -> dict:
+    def _poll(self, status: dict, started: float, held_out: dict | None) -> dict:
         """One point of the live curve: updates so far, the mean training loss of the
         reports that arrived since the previous point (by the server's clock), and the
         held-out metrics of an evaluation that ended since."""
-        table = client.status()["tables"].get(self.table, {})
+        table = status["tables"].get(self.table, {})
         reports = [r for r in table.get("reports", [])
                    if r["name"] == "train_loss" and r["t"] > self._last_report_t]
         if reports:
@@ -428,13 +424,87 @@ class _LiveEvaluator:
         return None
 
 
-def _result(future: Future, inv: _Invocation) -> dict:
-    try:
-        return future.result()
-    except InvocationError as exc:
-        raise TrainingError(
-            f"worker {inv.worker} (generation {inv.generation}) failed: {exc.error_type}: {exc.error_message}"
-        ) from exc
+class _Fleet:
+    """The workers' invocations: launched, handed over at the time limit, and replaced when
+    one crashes (its invocation fails) or goes silent (no heartbeat on the server for
+    ``worker_silence_s``). A replacement is the next generation, so the server refuses
+    whatever the old one still sends; it starts where the old one's journal says it was."""
+
+    def __init__(self, executor: ServerlessExecutor, storage: Storage, base_event: dict, shares: list[list],
+                 config: TrainConfig) -> None:
+        self.executor, self.storage, self.base_event, self.shares = executor, storage, base_event, shares
+        self.silence_s, self.max_replacements = config.worker_silence_s, config.max_replacements
+        self.running: dict[Future, _Invocation] = {}
+        self.replaced = [0] * len(shares)
+        self.totals = {"examples": 0, "updates": 0, "invocations": 0, "worker_seconds": 0.0, "loss_sum": 0.0,
+                       "replacements": 0}
+        for worker in range(len(shares)):
+            self.launch(worker, 0, None)
+
+    def launch(self, worker: int, generation: int, resume: dict | None) -> None:
+        event = {**self.base_event, "worker_id": worker, "generation": generation, "resume": resume,
+                 "units": [list(u) for u in self.shares[worker]], "progress_uri": self._journal(worker)}
+        self.running[self.executor.submit(event)] = _Invocation(worker, generation, time.time(), resume)
+
+    def finished(self, future: Future) -> str | None:
+        """Account for an invocation that ended, start what comes next; returns its status."""
+        inv = self.running.pop(future)
+        self.totals["invocations"] += 1
+        self.totals["worker_seconds"] += time.time() - inv.started
+        try:
+            result = future.result()
+        except InvocationError as exc:
+            self._replace(inv, f"failed ({exc.error_type}: {exc.error_message})")
+            return None
+        self.totals["examples"] += result["examples"]
+        self.totals["updates"] += result["updates"]
+        self.totals["loss_sum"] += result["train_loss"] * result["examples"]
+        if result["status"] == "handover":
+            self.launch(inv.worker, inv.generation + 1, result["resume"])
+        elif result["status"] == "rejected":
+            log.warning("worker %d generation %d was refused by the parameter server (%s); "
+                        "another invocation holds its work", inv.worker, inv.generation, result["reason"])
+        return result["status"]
+
+    def replace_silent(self, status: dict, table: str) -> None:
+        """Replace every running invocation whose registration has gone without a heartbeat."""
+        silent = {(r["worker"], r["generation"]) for r in status.get("workers", [])
+                  if r["run"] == table and r["state"] in ("active", "expired")
+                  and r["heartbeat_age_s"] > self.silence_s}
+        for future, inv in list(self.running.items()):
+            if (str(inv.worker), inv.generation) in silent:
+                del self.running[future]  # whatever it returns from now on is the superseded generation's
+                self.totals["invocations"] += 1
+                self.totals["worker_seconds"] += time.time() - inv.started
+                self._replace(inv, f"went silent (no heartbeat for over {self.silence_s:g} s)")
+
+    def _replace(self, inv: _Invocation, why: str) -> None:
+        self.replaced[inv.worker] += 1
+        if self.replaced[inv.worker] > self.max_replacements:
+            raise TrainingError(f"worker {inv.worker} (generation {inv.generation}) {why}, and it was replaced "
+                                f"{self.max_replacements} times already: giving up")
+        journal = self._read_journal(inv)
+        if journal is not None:
+            self.totals["examples"] += journal["examples"]
+            self.totals["updates"] += journal["updates"]
+            if journal["position"] is None:  # it had finished its work
+                return
+        resume = inv.resume if journal is None else journal["position"]
+        self.totals["replacements"] += 1
+        log.warning("worker %d generation %d %s; generation %d takes over at %s", inv.worker, inv.generation, why,
+                    inv.generation + 1, resume or "the start")
+        self.launch(inv.worker, inv.generation + 1, resume)
+
+    def _journal(self, worker: int) -> str:
+        return join(self.base_event["progress_prefix"], f"worker-{worker:05d}.json")
+
+    def _read_journal(self, inv: _Invocation) -> dict | None:
+        """The failed generation's last journal entry; None if it never wrote one."""
+        try:
+            entry = json.loads(self.storage.read_text(self._journal(inv.worker)))
+        except StorageError:
+            return None
+        return entry if entry.get("generation") == inv.generation else None
 
 
 def _partition(units: list, workers: int) -> list[list]:

@@ -12,11 +12,16 @@ Before any work the invocation registers ``(run, worker, generation)`` with the 
 Lambda may deliver an invocation twice (a retried invoke, an at-least-once async
 event); the server refuses the second registration of a live or finished generation,
 and this invocation then returns ``rejected`` without touching the model.
+
+Every few seconds the invocation writes where it is (``progress_uri``): if it crashes
+or goes silent, the driver starts the next generation from there rather than from
+where this one started.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -32,6 +37,7 @@ from ps_service.errors import PSAuthError, PSConnectionError, PSError
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 5.0  # well inside the server's default 30 s heartbeat timeout
+PROGRESS_S = 5.0
 
 
 def worker_task(event: dict, context: Any) -> dict:
@@ -52,8 +58,11 @@ def worker_task(event: dict, context: Any) -> dict:
     stats = {"examples": 0, "updates": 0, "loss_sum": 0.0}
     window = {"examples": 0, "loss_sum": 0.0}
     status, resume = "done", None
+    storage = Storage()
+    journal = _Journal(storage, event.get("progress_uri"), worker, generation,
+                       every_s=float(event.get("progress_interval_s", PROGRESS_S)))
     batches = minibatches(
-        units, storage=Storage(), minibatch=int(event["minibatch"]), epochs=int(event["epochs"]),
+        units, storage=storage, minibatch=int(event["minibatch"]), epochs=int(event["epochs"]),
         seed=int(event.get("seed", 0)), worker=worker, start=start,
     )
     with PSClient(event["ps"]["address"], token=event["ps"].get("token")) as ps:
@@ -65,7 +74,7 @@ def worker_task(event: dict, context: Any) -> dict:
             batches.close()
             return {"worker_id": worker, "generation": generation, "status": "rejected", "reason": str(refusal),
                     "resume": None, "examples": 0, "updates": 0, "train_loss": 0.0}
-        with _heartbeats(ps):
+        with _heartbeats(ps, float(event.get("heartbeat_s", HEARTBEAT_S))):
             item = next(batches, None)
             if item is not None:
                 following, rows = item
@@ -91,6 +100,7 @@ def worker_task(event: dict, context: Any) -> dict:
                     ps.report(table, "train_loss", window["loss_sum"] / max(1, window["examples"]),
                               count=window["examples"], worker=worker)
                     window = {"examples": 0, "loss_sum": 0.0}
+                journal.note(following, stats)
                 if stop_reason:
                     status, resume = stop_reason, following.to_json()
                     break
@@ -98,6 +108,7 @@ def worker_task(event: dict, context: Any) -> dict:
                     following, batch = item[0], next_batch
             batches.close()
         ps.deregister("handover" if status == "handover" else "finished")
+    journal.note(None if status == "done" else following, stats, final=True)
     return {
         "worker_id": worker,
         "generation": generation,
@@ -107,6 +118,26 @@ def worker_task(event: dict, context: Any) -> dict:
         "updates": stats["updates"],
         "train_loss": stats["loss_sum"] / max(1, stats["examples"]),
     }
+
+
+class _Journal:
+    """Where the invocation is, written to storage every ``every_s`` seconds and at its end:
+    ``{"worker", "generation", "position", "examples", "updates"}`` (position None: done)."""
+
+    def __init__(self, storage: Storage, uri: str | None, worker: int, generation: int, *, every_s: float) -> None:
+        self.storage, self.uri, self.worker, self.generation = storage, uri, worker, generation
+        self.every_s = every_s
+        self.next_at = time.monotonic() + every_s
+
+    def note(self, position: Position | None, stats: dict, *, final: bool = False) -> None:
+        if self.uri is None or (not final and time.monotonic() < self.next_at):
+            return
+        self.next_at = time.monotonic() + self.every_s
+        self.storage.write_text(self.uri, json.dumps({
+            "worker": self.worker, "generation": self.generation,
+            "position": None if position is None else position.to_json(),
+            "examples": stats["examples"], "updates": stats["updates"],
+        }))
 
 
 @contextlib.contextmanager

@@ -3,7 +3,9 @@ processes behind the Invoke API, through boto3) and a parameter server process."
 
 import json
 import os
+import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -117,14 +119,16 @@ def test_cancel_stops_workers_and_the_parameter_server(shards, tmp_path):
     assert leftovers == []
 
 
-def test_a_failing_worker_fails_the_run_with_its_name(shards, tmp_path, inline_executor):
+def test_a_worker_that_keeps_failing_fails_the_run_with_its_name(shards, tmp_path, inline_executor):
     data, _ = shards
     victim = sorted((data / "shards").iterdir())[0]
     saved = victim.read_bytes()
     victim.write_bytes(b"not parquet")
     try:
-        with pytest.raises(TrainingError, match=r"worker 0 \(generation 0\) failed: StorageError: .*part-00000"):
-            TrainingJob(TrainConfig(data=str(data), output=str(tmp_path / "run"), workers=2, epochs=1),
+        with pytest.raises(TrainingError, match=r"worker 0 \(generation 2\) failed \(StorageError: .*part-00000"
+                                                r".*replaced 2 times already: giving up"):
+            TrainingJob(TrainConfig(data=str(data), output=str(tmp_path / "run"), workers=2, epochs=1,
+                                    max_replacements=2),
                         storage=Storage(), executor=inline_executor).run()
     finally:
         victim.write_bytes(saved)
@@ -173,3 +177,66 @@ def test_a_handover_margin_beyond_the_time_limit_is_refused(shards, tmp_path):
 def test_parameters_are_validated_early(field, value, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(data="d", output="o", **{field: value}).validate()
+
+
+def _worker_pids() -> list[int]:
+    """This process's local Lambda runtime worker processes."""
+    pids = []
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                if b"local_worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    pids.append(int(pid))
+            except FileNotFoundError:
+                pass
+    return pids
+
+
+def _train_in_background(job: TrainingJob) -> tuple[threading.Thread, dict]:
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["summary"] = job.run()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def _when_training(job: TrainingJob, points: list) -> None:
+    """Wait until the workers have pushed updates and written their journals."""
+    deadline = time.monotonic() + 60
+    while not (points and points[-1]["updates"] > 50 and len(list(job_progress(job).glob("*.json"))) == 2):
+        assert time.monotonic() < deadline, "training did not start"
+        time.sleep(0.05)
+
+
+def job_progress(job: TrainingJob) -> Path:
+    return Path(job.config.output) / "_progress"
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGSTOP"])
+def test_a_crashed_or_silent_worker_is_replaced_and_no_work_is_lost(shards, tmp_path, signal_name):
+    data, prep = shards
+    points: list = []
+    with _executor(timeout_s=12) as executor:
+        job = TrainingJob(TrainConfig(data=str(data), output=str(tmp_path / "run"), workers=2, epochs=25,
+                                      poll_interval_s=0.1, handover_margin_s=2, worker_silence_s=1.5,
+                                      eval_interval_s=None),
+                          storage=Storage(), executor=executor, progress=points.append)
+        thread, outcome = _train_in_background(job)
+        _when_training(job, points)
+        victims = _worker_pids()
+        assert len(victims) == 2  # a fresh runtime: the two training invocations, nothing idle
+        for pid in victims:
+            os.kill(pid, getattr(signal, signal_name))
+        thread.join(120)
+    assert "error" not in outcome, outcome.get("error")
+    summary = outcome["summary"]
+    assert summary["replacements"] == 2
+    # The replacements started where the journals said: every example counted once, none skipped.
+    assert summary["examples"] == 25 * prep["train_rows"]
+    assert summary["test_auc"] > 0.68

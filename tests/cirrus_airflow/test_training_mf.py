@@ -4,7 +4,6 @@ workers against the parameter server, scored on the held-out ratings."""
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cirrus_airflow.datasets import write_synthetic_ratings
