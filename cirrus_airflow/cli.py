@@ -129,6 +129,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         minibatch=args.minibatch,
         epochs=args.epochs, time_budget_s=args.time_budget, seed=args.seed, target_loss=args.target_loss,
         patience=args.patience, eval_interval_s=args.eval_interval or None, eval_rows=args.eval_rows,
+        checkpoint_interval_s=args.checkpoint_interval,
         handover_margin_s=args.handover_margin, ps_address=args.ps_address, ps_token=token,
         ps_shards=args.ps_shards,
     )
@@ -162,6 +163,13 @@ def cmd_preprocess(args: argparse.Namespace, progress: _Progress) -> dict:
 
 def cmd_train(args: argparse.Namespace, progress: _Progress) -> dict:
     return _run_train(_train_config(args), args, progress)
+
+
+def cmd_predict(args: argparse.Namespace, progress: _Progress) -> dict:
+    from cirrus_airflow.predict import run_predict
+
+    return run_predict(args.model, args.input, args.output, storage=Storage(), format=args.format,
+                       progress=progress.line)
 
 
 def cmd_generate(args: argparse.Namespace, progress: _Progress) -> dict:
@@ -296,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-interval", type=float, default=5.0, metavar="S",
                    help="seconds between live held-out evaluations (0: only at the end)")
     p.add_argument("--eval-rows", type=int, default=50_000, metavar="N", help="test rows a live evaluation scores")
+    p.add_argument("--checkpoint-interval", type=float, default=30.0, metavar="S",
+                   help="checkpoint the model every S seconds; running the same command again resumes "
+                        "an unfinished run")
     p.add_argument("--handover-margin", type=float, default=10.0, metavar="S",
                    help="hand over to a fresh invocation this long before the worker's time limit")
     p.add_argument("--seed", type=int, default=0)
@@ -305,6 +316,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="without --ps-address, start a parameter server of N processes")
     p.add_argument("--ps-token-file", default=None, metavar="F", help="file holding that server's token")
     _add_executor_args(p)
+
+    p = command("predict", cmd_predict, "score raw rows in batch with a trained model")
+    p.add_argument("--model", required=True, metavar="URI",
+                   help="the model folder of a training run (<run>/model), or the run's output folder")
+    p.add_argument("--input", action="append", required=True, metavar="URI",
+                   help="rows to score: a file, folder/S3 prefix or glob, as for preprocess; .gz files are "
+                        "decompressed (repeatable)")
+    p.add_argument("--output", required=True, metavar="URI",
+                   help="output folder: the predictions as part-NNNNN.parquet files in input order (read the "
+                        "folder as one Parquet data set; lr: file, line, label, probability; mf: file, line, "
+                        "user, item, rating, prediction, known_user, known_item), rows that could not be scored "
+                        "under _rejected/, and _summary.json, written last")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="how the input is written (default: as the model's training data was)")
 
     p = command("generate", cmd_generate, "write a synthetic Criteo-format data set")
     p.add_argument("--output", required=True, metavar="URI")

@@ -40,6 +40,7 @@ OPTIMIZERS = tuple(sorted(SERVER_OPTIMIZERS))
 # Weights are fetched from the server in chunks of this many keys (frames stay small).
 _FETCH_KEYS = 1 << 22
 _MIN_IMPROVEMENT = 1e-4
+_ATTEMPT = "_attempt.json"  # which table an unfinished attempt trains, and with what settings
 
 
 class TrainingError(RuntimeError):
@@ -70,6 +71,7 @@ class TrainConfig:
     handover_margin_s: float = 10.0
     worker_silence_s: float = 20.0
     max_replacements: int = 3
+    checkpoint_interval_s: float = 30.0
     eval_interval_s: float | None = 5.0  # None: no held-out evaluation while training
     eval_rows: int = 50_000
     target_loss: float | None = None
@@ -102,6 +104,8 @@ class TrainConfig:
                              f"got {self.eval_interval_s}")
         if self.worker_silence_s <= 0:
             raise ValueError(f"worker_silence_s must be positive, got {self.worker_silence_s}")
+        if self.checkpoint_interval_s <= 0:
+            raise ValueError(f"checkpoint_interval_s must be positive, got {self.checkpoint_interval_s}")
         if self.max_replacements < 0:
             raise ValueError(f"max_replacements must be zero or more, got {self.max_replacements}")
         if self.eval_rows < 1:
@@ -197,12 +201,17 @@ class TrainingJob:
         if workers < cfg.workers:
             log.warning("only %d row groups to train on: using %d workers instead of %d", len(units), workers, cfg.workers)
         summary_uri = join(output, "summary.json")
+        progress, checkpoint = join(output, "_progress"), join(output, "_checkpoint")
+        previous = self._previous_attempt(output, _fingerprint(cfg, workers), finished=summary_uri)
         self.storage.delete(summary_uri)  # a summary, when present, describes a finished run
-        progress = join(output, "_progress")  # the workers' journals, which only this run may read
-        self.storage.delete_tree(progress)
-        with self._parameter_server() as (address, token), PSClient(address, token=token) as client:
+        restore = previous is not None and bool(self.storage.list(checkpoint))
+        if not restore:
+            self.storage.delete_tree(checkpoint)
+        with self._parameter_server(checkpoint, restore) as (address, token), \
+                PSClient(address, token=token) as client:
             self._server = (address, token)
             try:
+                journals = self._start_attempt(client, previous, output, _fingerprint(cfg, workers), progress)
                 client.create_table(self.table, **plan.table_options(), seed=cfg.seed, optimizer=cfg.optimizer,
                                     learning_rate=cfg.learning_rate, l2=cfg.effective_l2)
                 started = time.time()
@@ -217,7 +226,7 @@ class TrainingJob:
                     "deadline": None if cfg.time_budget_s is None else started + cfg.time_budget_s,
                 }
                 evaluator = self._live_evaluator(manifest, data, plan, address, token)
-                outcome = self._train(client, base_event, _partition(units, workers), started, evaluator)
+                outcome = self._train(client, base_event, _partition(units, workers), started, evaluator, journals)
                 train_seconds = time.time() - started
                 weights = _fetch_weights(client, self.table, plan.size)
                 client.drop_table(self.table)  # a shared server must not keep every run's table
@@ -248,13 +257,44 @@ class TrainingJob:
             "worker_seconds": outcome["worker_seconds"],
             "stopped_by": outcome["stopped_by"],
             "train_seconds": train_seconds,
+            "resumed": bool(journals),
         }
         self.storage.write_text(summary_uri, json.dumps(summary, indent=1, sort_keys=True))
-        self.storage.delete_tree(progress)
+        for leftover in (progress, checkpoint):
+            self.storage.delete_tree(leftover)
+        self.storage.delete(join(output, _ATTEMPT))
         return summary
 
+    def _previous_attempt(self, output: str, fingerprint: dict, *, finished: str) -> dict | None:
+        """An earlier attempt of this same run (same output, data and settings) that did not
+        finish: its table's name and its workers' journals. A retried task resumes it."""
+        try:
+            state = json.loads(self.storage.read_text(join(output, _ATTEMPT)))
+        except (StorageError, json.JSONDecodeError):
+            return None
+        if state.get("fingerprint") != fingerprint or self.storage.exists(finished):
+            return None
+        journals = [json.loads(self.storage.read_text(uri)) for uri in self.storage.list(join(output, "_progress"))]
+        return {"table": state["table"], "journals": {int(j["worker"]): j for j in journals}}
+
+    def _start_attempt(self, client: PSClient, previous: dict | None, output: str, fingerprint: dict,
+                       progress: str) -> dict[int, dict]:
+        """Resume the previous attempt if its table is still on the server (restored from the
+        checkpoint, or kept by a server of its own), else start afresh; returns the journals
+        the workers resume from (none when starting afresh)."""
+        if previous is not None and previous["table"] in client.status()["tables"]:
+            self.table = previous["table"]
+            log.info("resuming the previous attempt: table %s, %d worker journals", self.table,
+                     len(previous["journals"]))
+            return previous["journals"]
+        self.storage.delete_tree(progress)
+        self.storage.write_text(join(output, _ATTEMPT), json.dumps({"table": self.table, "fingerprint": fingerprint}))
+        return {}
+
     @contextlib.contextmanager
-    def _parameter_server(self) -> Iterator[tuple[str, str | None]]:
+    def _parameter_server(self, checkpoint: str, restore: bool) -> Iterator[tuple[str, str | None]]:
+        """The run's server: the configured one, or one of its own that checkpoints its
+        tables to ``checkpoint`` (and starts from there when ``restore``)."""
         if self.config.ps_address:
             if not isinstance(self.executor, LocalLambdaExecutor) and self.config.ps_address.startswith("127."):
                 log.warning("parameter server %s is on loopback: remote Lambda workers cannot reach it",
@@ -262,7 +302,9 @@ class TrainingJob:
             yield self.config.ps_address, self.config.ps_token
             return
         token = secrets.token_urlsafe(24)
-        with start_local_server(token=token, shards=self.config.ps_shards) as server:
+        with start_local_server(token=token, shards=self.config.ps_shards, checkpoint_uri=checkpoint,
+                                checkpoint_interval_s=self.config.checkpoint_interval_s,
+                                restore_uri=checkpoint if restore else None) as server:
             log.info("started a parameter server at %s (pids %s)", server.address, server.pids)
             yield server.address, token
 
@@ -281,10 +323,10 @@ class TrainingJob:
                               patience=cfg.patience)
 
     def _train(self, client: PSClient, base_event: dict, shares: list[list], started: float,
-               evaluator: _LiveEvaluator | None) -> dict:
+               evaluator: _LiveEvaluator | None, journals: dict[int, dict]) -> dict:
         """Run the workers to the end; on any failure or cancel, stop them all first."""
         try:
-            outcome = self._run_workers(client, base_event, shares, started, evaluator)
+            outcome = self._run_workers(client, base_event, shares, started, evaluator, journals)
         except BaseException:
             self._stop_everything(client)
             raise
@@ -299,8 +341,8 @@ class TrainingJob:
         self.executor.cancel()
 
     def _run_workers(self, client: PSClient, base_event: dict, shares: list[list], started: float,
-                     evaluator: _LiveEvaluator | None) -> dict:
-        fleet = _Fleet(self.executor, self.storage, base_event, shares, self.config)
+                     evaluator: _LiveEvaluator | None, journals: dict[int, dict]) -> dict:
+        fleet = _Fleet(self.executor, self.storage, base_event, shares, self.config, journals)
         curve: list[dict] = []
         stopped_by = "epochs"
         while fleet.running and not self._cancelled.is_set():
@@ -431,15 +473,22 @@ class _Fleet:
     whatever the old one still sends; it starts where the old one's journal says it was."""
 
     def __init__(self, executor: ServerlessExecutor, storage: Storage, base_event: dict, shares: list[list],
-                 config: TrainConfig) -> None:
+                 config: TrainConfig, journals: dict[int, dict]) -> None:
         self.executor, self.storage, self.base_event, self.shares = executor, storage, base_event, shares
         self.silence_s, self.max_replacements = config.worker_silence_s, config.max_replacements
         self.running: dict[Future, _Invocation] = {}
         self.replaced = [0] * len(shares)
         self.totals = {"examples": 0, "updates": 0, "invocations": 0, "worker_seconds": 0.0, "loss_sum": 0.0,
                        "replacements": 0}
-        for worker in range(len(shares)):
-            self.launch(worker, 0, None)
+        for worker in range(len(shares)):  # from where an earlier attempt's journal says, if any
+            journal = journals.get(worker)
+            if journal is None:
+                self.launch(worker, 0, None)
+                continue
+            self.totals["examples"] += journal["examples"]
+            self.totals["updates"] += journal["updates"]
+            if journal["position"] is not None:
+                self.launch(worker, journal["generation"] + 1, journal["position"])
 
     def launch(self, worker: int, generation: int, resume: dict | None) -> None:
         event = {**self.base_event, "worker_id": worker, "generation": generation, "resume": resume,
@@ -528,6 +577,14 @@ def _baseline(test: registry.Metrics, manifest: Manifest, plan: ModelPlan) -> di
         return {"baseline_rmse": test.constant_rmse(plan.params["mean"])}
     train_rate = manifest.label_stats.get("train_positive_rate", test.positive_rate)
     return {"baseline_logloss": constant_log_loss(train_rate, test.positive_rate)}
+
+
+def _fingerprint(cfg: TrainConfig, workers: int) -> dict:
+    """What an attempt must share with an earlier one to resume it: the data, the model and
+    its optimisation, and the workers' shares of the row groups."""
+    return {"data": normalize(cfg.data), "model": cfg.model, "factors": cfg.factors, "optimizer": cfg.optimizer,
+            "learning_rate": cfg.learning_rate, "l2": cfg.effective_l2, "minibatch": cfg.minibatch,
+            "epochs": cfg.epochs, "seed": cfg.seed, "workers": workers, "ps_shards": cfg.ps_shards}
 
 
 def _config_json(cfg: TrainConfig) -> dict:

@@ -40,6 +40,10 @@ class CirrusTrainOperator(CirrusBaseOperator):
         beside the workers (so the executor needs a slot more than ``workers``); None: at
         the end only.
     :param eval_rows: test rows a live evaluation scores (the same ones every time).
+    :param checkpoint_interval_s: how often the run's own parameter server checkpoints the
+        model under ``<output_uri>/_checkpoint/``. A retry of this task (same output) resumes
+        an unfinished attempt from there, each worker from its journal, rather than starting
+        over; a finished run is trained afresh.
     :param handover_margin_s: a worker hands over to a fresh invocation this long
         before its Lambda time limit (must exceed one step and one shard read).
     :param ps_conn_id: a ``cirrus_parameter_server`` connection to use an existing server
@@ -72,6 +76,7 @@ class CirrusTrainOperator(CirrusBaseOperator):
         patience: int | None = None,
         eval_interval_s: float | None = 5.0,
         eval_rows: int = 50_000,
+        checkpoint_interval_s: float = 30.0,
         seed: int = 0,
         handover_margin_s: float = 10.0,
         ps_conn_id: str | None = None,
@@ -94,6 +99,7 @@ class CirrusTrainOperator(CirrusBaseOperator):
         self.patience = patience
         self.eval_interval_s = eval_interval_s
         self.eval_rows = eval_rows
+        self.checkpoint_interval_s = checkpoint_interval_s
         self.seed = seed
         self.handover_margin_s = handover_margin_s
         self.ps_conn_id = ps_conn_id
@@ -107,6 +113,7 @@ class CirrusTrainOperator(CirrusBaseOperator):
             minibatch=self.minibatch,
             epochs=self.epochs, time_budget_s=self.time_budget_s, target_loss=self.target_loss,
             patience=self.patience, eval_interval_s=self.eval_interval_s, eval_rows=self.eval_rows, seed=self.seed,
+            checkpoint_interval_s=self.checkpoint_interval_s,
             handover_margin_s=self.handover_margin_s, ps_address=ps_address, ps_token=ps_token,
             ps_shards=self.ps_shards,
         )

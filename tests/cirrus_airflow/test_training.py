@@ -240,3 +240,31 @@ def test_a_crashed_or_silent_worker_is_replaced_and_no_work_is_lost(shards, tmp_
     # The replacements started where the journals said: every example counted once, none skipped.
     assert summary["examples"] == 25 * prep["train_rows"]
     assert summary["test_auc"] > 0.68
+
+
+def test_a_retry_after_a_killed_run_resumes_from_its_checkpoint(shards, tmp_path):
+    data, prep = shards
+    config = TrainConfig(data=str(data), output=str(tmp_path / "run"), workers=2, epochs=30, poll_interval_s=0.1,
+                         checkpoint_interval_s=0.3, worker_silence_s=2, eval_interval_s=None)
+    points: list = []
+    with _executor() as executor:  # the first attempt is killed (on_kill: cancel) mid-run
+        job = TrainingJob(config, storage=Storage(), executor=executor, progress=points.append)
+        thread, outcome = _train_in_background(job)
+        _when_training(job, points)
+        time.sleep(0.5)  # a checkpoint or two
+        job.cancel()
+        thread.join(60)
+    assert isinstance(outcome.get("error"), TrainingError)
+    run = tmp_path / "run"
+    assert (run / "_attempt.json").exists() and list((run / "_checkpoint").iterdir())
+    done_before = sum(json.loads(p.read_text())["examples"] for p in (run / "_progress").glob("*.json"))
+    assert 0 < done_before < 30 * prep["train_rows"]
+
+    retry_points: list = []
+    with _executor() as executor:  # Airflow's retry: the same task, the same output
+        summary = TrainingJob(config, storage=Storage(), executor=executor, progress=retry_points.append).run()
+    assert summary["resumed"] and summary["examples"] == 30 * prep["train_rows"]
+    assert retry_points[0]["updates"] > 0  # the table came back from the checkpoint, updates and all
+    assert summary["test_auc"] > 0.68
+    # A finished run leaves nothing to resume: running the task again trains afresh.
+    assert not any((run / name).exists() for name in ("_attempt.json", "_checkpoint", "_progress"))
