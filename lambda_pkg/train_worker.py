@@ -5,8 +5,12 @@ says stop, or its own Lambda time limit comes near. In the last case it returns
 its position, and the driver starts a fresh invocation (the next generation) that
 resumes there: Lambda's 15-minute limit never cuts a worker off mid-step.
 
-The loop keeps one round trip per minibatch: the gradient of minibatch t and the
-pull of minibatch t+1's weights travel together (``push_pull``).
+The loop is pipelined, one round trip per minibatch and one in flight: the gradient
+of minibatch t and the pull of minibatch t+2's weights travel together
+(``push_pull``) while the worker computes minibatch t+1's gradient with the weights
+pulled one round trip earlier. The network is hidden behind the arithmetic; the
+price is that a worker's weights miss its own last update (one step more of the
+staleness that asynchronous SGD tolerates anyway).
 
 Before any work the invocation registers ``(run, worker, generation)`` with the server.
 Lambda may deliver an invocation twice (a retried invoke, an at-least-once async
@@ -26,7 +30,11 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from cirrus_airflow.models import registry
 from cirrus_airflow.storage import Storage
@@ -50,14 +58,10 @@ def worker_task(event: dict, context: Any) -> dict:
     table = event["table"]
     margin_ms = int(event["handover_margin_ms"])
     deadline = event.get("deadline")
-    report_every = max(1, int(event.get("report_every", 20)))
     worker = int(event["worker_id"])
     generation = int(event.get("generation", 0))
     start = Position.from_json(event.get("resume"))
 
-    stats = {"examples": 0, "updates": 0, "loss_sum": 0.0}
-    window = {"examples": 0, "loss_sum": 0.0}
-    status, resume = "done", None
     storage = Storage()
     journal = _Journal(storage, event.get("progress_uri"), worker, generation,
                        every_s=float(event.get("progress_interval_s", PROGRESS_S)))
@@ -74,50 +78,96 @@ def worker_task(event: dict, context: Any) -> dict:
             batches.close()
             return {"worker_id": worker, "generation": generation, "status": "rejected", "reason": str(refusal),
                     "resume": None, "examples": 0, "updates": 0, "train_loss": 0.0}
-        with _heartbeats(ps, float(event.get("heartbeat_s", HEARTBEAT_S))):
-            item = next(batches, None)
-            if item is not None:
-                following, rows = item
-                batch = registry.minibatch(model, params, rows)
-                weights = ps.pull(table, batch.keys)
-            while item is not None:
-                grad, loss_sum = batch.gradient(weights)
-                item = next(batches, None)
-                stop_reason = None if item is None else _stop_reason(ps, context, deadline, margin_ms)
-                if stop_reason == "stopped":
-                    status = stop_reason
-                    break
-                if item is None or stop_reason:
-                    ps.push(table, batch.keys, grad)
-                else:
-                    next_batch = registry.minibatch(model, params, item[1])
-                    weights = ps.push_pull(table, batch.keys, grad, next_batch.keys)
-                stats["updates"] += 1
-                for acc in (stats, window):
-                    acc["examples"] += len(batch)
-                    acc["loss_sum"] += loss_sum
-                if stats["updates"] % report_every == 0 or item is None or stop_reason:
-                    ps.report(table, "train_loss", window["loss_sum"] / max(1, window["examples"]),
-                              count=window["examples"], worker=worker)
-                    window = {"examples": 0, "loss_sum": 0.0}
-                journal.note(following, stats)
-                if stop_reason:
-                    status, resume = stop_reason, following.to_json()
-                    break
-                if item is not None:
-                    following, batch = item[0], next_batch
-            batches.close()
+        loop = _Loop(ps, table, lambda rows: registry.minibatch(model, params, rows), journal, worker,
+                     report_every=max(1, int(event.get("report_every", 20))))
+        with _heartbeats(ps, float(event.get("heartbeat_s", HEARTBEAT_S))), contextlib.closing(batches):
+            status, position = loop.run(batches, lambda: _stop_reason(ps, context, deadline, margin_ms))
         ps.deregister("handover" if status == "handover" else "finished")
-    journal.note(None if status == "done" else following, stats, final=True)
+    journal.note(position, loop.stats, final=True)
+    stats = loop.stats
     return {
         "worker_id": worker,
         "generation": generation,
         "status": status,
-        "resume": resume if status == "handover" else None,
+        "resume": position.to_json() if status == "handover" and position else None,
         "examples": stats["examples"],
         "updates": stats["updates"],
         "train_loss": stats["loss_sum"] / max(1, stats["examples"]),
     }
+
+
+@dataclass
+class _Step:
+    """A minibatch on its way through the pipeline, with the position that follows it."""
+
+    following: Position
+    batch: Any  # registry.minibatch(...): keys, gradient(weights), len
+    weights: Future | np.ndarray | None = None  # its keys' weights, once pulled
+
+
+class _Loop:
+    """The pipelined training loop of one invocation (see the module docstring)."""
+
+    def __init__(self, ps: PSClient, table: str, make_batch: Any, journal: _Journal, worker: int, *,
+                 report_every: int) -> None:
+        self.ps, self.table, self.make_batch, self.journal, self.worker = ps, table, make_batch, journal, worker
+        self.report_every = report_every
+        self.stats = {"examples": 0, "updates": 0, "loss_sum": 0.0}
+        self.window = {"examples": 0, "loss_sum": 0.0}
+
+    def run(self, batches: Iterator, stop_reason: Any) -> tuple[str, Position | None]:
+        """Train until the work is done or ``stop_reason()`` says why not; returns the status
+        and the position to resume from (None: all done)."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ps-request") as network:
+            current = self._step(next(batches, None))
+            if current is None:
+                return "done", None
+            current.weights = self.ps.pull(self.table, current.batch.keys)
+            ahead = self._step(next(batches, None))
+            if ahead is not None:
+                ahead.weights = network.submit(self.ps.pull, self.table, ahead.batch.keys)
+            in_flight: Future | None = None
+            while True:
+                # While a request is in flight: this step's gradient, and the step after next read.
+                grad, loss_sum = current.batch.gradient(current.weights)
+                after = None if ahead is None else self._step(next(batches, None))
+                if in_flight is not None:
+                    in_flight.result()  # the previous push reached the server (or raises its error)
+                reason = None if ahead is None else stop_reason()
+                if reason == "stopped":  # drop this step: the run is over
+                    return reason, current.following
+                if reason:
+                    after = None  # read ahead, not trained: the next generation starts at this step's end
+                if after is None:
+                    if ahead is not None:
+                        ahead.weights = ahead.weights.result()
+                    self.ps.push(self.table, current.batch.keys, grad)
+                    in_flight = None
+                else:
+                    ahead.weights = ahead.weights.result()
+                    after.weights = network.submit(self.ps.push_pull, self.table, current.batch.keys, grad,
+                                                   after.batch.keys)
+                    in_flight = after.weights
+                self._account(current, loss_sum, last=ahead is None or reason is not None)
+                if ahead is None:
+                    return "done", None
+                if reason:
+                    return reason, current.following
+                current, ahead = ahead, after
+
+    def _step(self, item: tuple | None) -> _Step | None:
+        return None if item is None else _Step(item[0], self.make_batch(item[1]))
+
+    def _account(self, step: _Step, loss_sum: float, *, last: bool) -> None:
+        self.stats["updates"] += 1
+        for acc in (self.stats, self.window):
+            acc["examples"] += len(step.batch)
+            acc["loss_sum"] += loss_sum
+        if self.stats["updates"] % self.report_every == 0 or last:
+            self.ps.report(self.table, "train_loss", self.window["loss_sum"] / max(1, self.window["examples"]),
+                           count=self.window["examples"], worker=self.worker)
+            self.window = {"examples": 0, "loss_sum": 0.0}
+        self.journal.note(step.following, self.stats)
 
 
 class _Journal:
