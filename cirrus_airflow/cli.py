@@ -325,9 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "decompressed (repeatable)")
     p.add_argument("--output", required=True, metavar="URI",
                    help="output folder: the predictions as part-NNNNN.parquet files in input order (read the "
-                        "folder as one Parquet data set; lr: file, line, label, probability; mf: file, line, "
-                        "user, item, rating, prediction, known_user, known_item), rows that could not be scored "
-                        "under _rejected/, and _summary.json, written last")
+                        "folder as one Parquet data set), rows that could not be scored under _rejected/, and "
+                        "_summary.json, written last")
     p.add_argument("--format", choices=FORMATS, default=None,
                    help="how the input is written (default: as the model's training data was)")
 

@@ -1,7 +1,9 @@
-"""A trained model in storage: ``<run>/model/weights.npy`` and ``<run>/model/model.json``.
+"""A trained model in storage: ``<run>/model/weights.npy``, ``<run>/model/model.json``
+and ``<run>/model/transform/``.
 
-The metadata carries the manifest's transformation, so the model alone is enough to
-turn raw rows into features and score them.
+The metadata carries the manifest's transformation and the input format it was fitted
+on, and ``transform/`` the transformation's files (id mappings, bucket mask, scales),
+so the model folder alone is enough to turn raw rows into features and score them.
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ share of the input (``test_fraction``) or separate files (``test_inputs``).
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable

@@ -35,11 +35,27 @@ _PREPROCESS_ROWS = (
     ("seconds", "seconds", "{:.1f}"),
     ("manifest_uri", "manifest", "{}"),
 )
+_PREDICT_ROWS = (
+    ("rows_read", "rows read", "{:,}"),
+    ("rows_scored", "rows scored", "{:,}"),
+    ("rows_rejected", "rows rejected", "{:,}"),
+    ("rejected_by_reason", "rejected by reason", "{}"),
+    ("logloss", "log loss", "{:.4f}"),
+    ("auc", "AUC", "{:.4f}"),
+    ("accuracy", "accuracy", "{:.4f}"),
+    ("rmse", "RMSE", "{:.4f}"),
+    ("mae", "MAE", "{:.4f}"),
+    ("rows_unknown_user", "rows of unknown users", "{:,}"),
+    ("rows_unknown_item", "rows of unknown items", "{:,}"),
+    ("seconds", "seconds", "{:.1f}"),
+    ("output", "predictions", "{}"),
+)
 
 
 def format_table(summary: Mapping, rows: tuple = ()) -> str:
     """Two aligned columns of the figures a person looks at first."""
-    rows = rows or (_TRAIN_ROWS if "model_uri" in summary else _PREPROCESS_ROWS)
+    if not rows:
+        rows = _TRAIN_ROWS if "model_uri" in summary else _PREDICT_ROWS if "rows_scored" in summary else _PREPROCESS_ROWS
     cells = [(label, fmt.format(summary[key])) for key, label, fmt in rows if summary.get(key) is not None]
     width = max(len(label) for label, _ in cells) if cells else 0
     return "\n".join(f"  {label.ljust(width)}  {value}" for label, value in cells)

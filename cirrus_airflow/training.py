@@ -30,6 +30,7 @@ from cirrus_airflow.models import registry
 from cirrus_airflow.models.registry import ModelPlan
 from cirrus_airflow.shards import Manifest, read_manifest
 from cirrus_airflow.storage import Storage, StorageError, join, normalize
+from cirrus_airflow.transforms.workspace import TRANSFORM
 from ps_service.client import PSClient
 from ps_service.launcher import start_local_server
 from ps_service.optimizers import OPTIMIZERS as SERVER_OPTIMIZERS
@@ -233,9 +234,11 @@ class TrainingJob:
             finally:
                 self._server = None
         model_uri = join(output, "model")
+        _copy_transform_files(self.storage, data, model_uri)
         save_model(self.storage, model_uri, weights, {
             "model": cfg.model, "feature_dim": manifest.feature_dim, "params": plan.params,
             "data": data, "transform": manifest.transform, "config": _config_json(cfg),
+            "input": {key: manifest.source.get(key) for key in ("format", "format_options")},
         })
         test = self._evaluate(manifest, data, plan, join(model_uri, WEIGHTS_NAME), workers)
         metrics_uri = join(output, "metrics.jsonl")
@@ -577,6 +580,13 @@ def _baseline(test: registry.Metrics, manifest: Manifest, plan: ModelPlan) -> di
         return {"baseline_rmse": test.constant_rmse(plan.params["mean"])}
     train_rate = manifest.label_stats.get("train_positive_rate", test.positive_rate)
     return {"baseline_logloss": constant_log_loss(train_rate, test.positive_rate)}
+
+
+def _copy_transform_files(storage: Storage, data: str, model_uri: str) -> None:
+    """The fitted transform's files (id mappings, bucket mask, scales) into the model folder,
+    at the same relative paths, so that the model alone can turn raw rows into features."""
+    for uri in storage.list(join(data, TRANSFORM)):
+        storage.write_bytes(join(model_uri, uri[len(data) + 1:]), storage.read_bytes(uri))
 
 
 def _fingerprint(cfg: TrainConfig, workers: int) -> dict:

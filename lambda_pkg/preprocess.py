@@ -24,12 +24,12 @@ import numpy as np
 
 from cirrus_airflow import hashing, shuffle
 from cirrus_airflow.formats.blocks import BLOCK_BYTES, line_blocks
-from cirrus_airflow.formats.text import split_lines
 from cirrus_airflow.formats import ParsedBlock
 from cirrus_airflow.input_formats import InputFormat, input_format, transform_from_json
-from cirrus_airflow.rejects import INDEX_OUT_OF_RANGE, relocate_rejects, write_rejects
+from cirrus_airflow.rejects import relocate_rejects, write_rejects
 from cirrus_airflow.shards import SparseRows
 from cirrus_airflow.storage import Storage, join
+from cirrus_airflow.transforms.sparse import SparseTransform
 from cirrus_airflow.transforms.workspace import Workspace
 
 
@@ -92,7 +92,7 @@ def transform_task(event: dict, context: Any) -> dict:
     transform = transform_from_json(event["transform"]).load(workspace)
     result = _Tally()
     for b, block, data, first_line in _blocks(event, storage, fmt, first_line=event["first_line"]):
-        rows = _drop_out_of_range(transform, block, data, first_line)
+        rows = transform.usable(block, data, first_line) if isinstance(transform, SparseTransform) else block.rows
         key = f"{event['index']:05d}-{b:04d}"
         result.write_rejects(storage, event, block, key)
         test = _test_mask(rows, event)
@@ -149,21 +149,6 @@ class _Tally:
                 "test_rows": self.test_rows, "train_positives": self.train_positives,
                 "rejected": sum(self.reasons.values()), "rejected_by_reason": dict(self.reasons),
                 "rejected_files": self.rejected_files, "pieces": self.pieces}
-
-
-def _drop_out_of_range(transform: Any, block: ParsedBlock, data: bytes, first_line: int) -> Any:
-    """The rows the fitted transform can take; the others join the block's rejected rows."""
-    rows = block.rows
-    if not hasattr(transform, "out_of_range"):
-        return rows
-    outside = transform.out_of_range(rows)
-    if not outside.any():
-        return rows
-    lines = split_lines(data)
-    which = np.flatnonzero(outside)
-    texts = [lines.text(int(n) - first_line) for n in rows.lines[which]]
-    block.rejected.add(rows.lines[which], INDEX_OUT_OF_RANGE, texts)
-    return rows.take(np.flatnonzero(~outside))
 
 
 def combine_task(event: dict, context: Any) -> dict:

@@ -17,7 +17,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from cirrus_airflow.formats import ParsedBlock
+from cirrus_airflow.formats.text import split_lines
 from cirrus_airflow.numeric import NORMALIZERS
+from cirrus_airflow.rejects import INDEX_OUT_OF_RANGE
 from cirrus_airflow.shards import SparseRows
 from cirrus_airflow.transforms.workspace import TRANSFORM, Workspace
 
@@ -120,6 +123,19 @@ class SparseTransform:
         return replace(self, _scale=workspace.read_array(workspace.artifact_uri(self.scale_file)))
 
     # -- pass 2 ---------------------------------------------------------------------------------------------
+
+    def usable(self, block: ParsedBlock, data: bytes, first_line: int):
+        """The block's rows this transform can take; a row with an index outside the fitted
+        feature space joins the block's rejected rows, with its text from ``data``."""
+        rows = block.rows
+        outside = self.out_of_range(rows)
+        if not outside.any():
+            return rows
+        lines = split_lines(data)
+        which = np.flatnonzero(outside)
+        texts = [lines.text(int(n) - first_line) for n in rows.lines[which]]
+        block.rejected.add(rows.lines[which], INDEX_OUT_OF_RANGE, texts)
+        return rows.take(np.flatnonzero(~outside))
 
     def out_of_range(self, rows) -> np.ndarray:
         """Rows with an index outside the fitted feature space (rejected, not truncated)."""
