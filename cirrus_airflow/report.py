@@ -20,6 +20,7 @@ _TRAIN_ROWS = (
     ("workers", "workers", "{}"),
     ("invocations", "invocations", "{}"),
     ("worker_seconds", "worker-seconds", "{:.1f}"),
+    ("estimated_cost_usd", "estimated AWS cost ($)", "{:.6f}"),
     ("stopped_by", "stopped by", "{}"),
     ("model_uri", "model", "{}"),
 )

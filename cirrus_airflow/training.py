@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cirrus_airflow.cost import DEFAULT_MEMORY_MB, Usage, estimate
 from cirrus_airflow.executor import InvocationError, LocalLambdaExecutor, ServerlessExecutor
 from cirrus_airflow.metrics import RegressionMetrics, constant_log_loss
 from cirrus_airflow.model_store import WEIGHTS_NAME, save_model
@@ -200,7 +201,8 @@ class TrainingJob:
                  for g in range(entry["row_groups"])]
         workers = min(cfg.workers, len(units))
         if workers < cfg.workers:
-            log.warning("only %d row groups to train on: using %d workers instead of %d", len(units), workers, cfg.workers)
+            log.warning("only %d row groups to train on: using %d workers instead of %d", len(units), workers,
+                        cfg.workers)
         summary_uri = join(output, "summary.json")
         progress, checkpoint = join(output, "_progress"), join(output, "_checkpoint")
         previous = self._previous_attempt(output, _fingerprint(cfg, workers), finished=summary_uri)
@@ -240,7 +242,9 @@ class TrainingJob:
             "data": data, "transform": manifest.transform, "config": _config_json(cfg),
             "input": {key: manifest.source.get(key) for key in ("format", "format_options")},
         })
+        evaluated = time.time()
         test = self._evaluate(manifest, data, plan, join(model_uri, WEIGHTS_NAME), workers)
+        evaluation_seconds = time.time() - evaluated
         metrics_uri = join(output, "metrics.jsonl")
         self.storage.write_text(metrics_uri, "".join(json.dumps(p) + "\n" for p in outcome["curve"]))
         summary = {
@@ -262,11 +266,35 @@ class TrainingJob:
             "train_seconds": train_seconds,
             "resumed": bool(journals),
         }
+        summary["cost"] = estimate(self._usage(manifest, data, outcome, train_seconds, evaluation_seconds, workers))
+        summary["estimated_cost_usd"] = summary["cost"]["total_usd"]
         self.storage.write_text(summary_uri, json.dumps(summary, indent=1, sort_keys=True))
         for leftover in (progress, checkpoint):
             self.storage.delete_tree(leftover)
         self.storage.delete(join(output, _ATTEMPT))
         return summary
+
+    def _usage(self, manifest: Manifest, data: str, outcome: dict, train_seconds: float, evaluation_seconds: float,
+               workers: int) -> Usage:
+        """What the run used, as AWS would bill it (see ``cirrus_airflow.cost``). The workers count
+        their own storage requests; evaluations are counted from the test rows they read, and the
+        driver's writes from what it writes (model, summary, curve, checkpoints)."""
+        cfg = self.config
+        test_groups = sum(entry["row_groups"] for entry in manifest.shards.get("test", []))
+        test_shards = len(manifest.shards.get("test", []))
+        live = outcome["live_evaluations"]
+        live_groups = -(-min(cfg.eval_rows, manifest.rows("test")) // max(1, manifest.row_group_rows))
+        final_invocations = min(workers, test_shards)
+        checkpoints = 0 if cfg.ps_address else cfg.ps_shards * int(train_seconds // cfg.checkpoint_interval_s + 1)
+        return Usage(
+            worker_seconds=outcome["worker_seconds"] + evaluation_seconds * final_invocations,
+            memory_mb=getattr(self.executor, "memory_mb", None) or DEFAULT_MEMORY_MB,
+            invocations=outcome["invocations"] + final_invocations,
+            ps_instances=1 if cfg.ps_address else cfg.ps_shards,
+            ps_seconds=train_seconds,
+            s3_gets=outcome["storage_gets"] + live * (live_groups + 1) + test_groups + test_shards,
+            s3_puts=outcome["storage_puts"] + checkpoints + 4 + len(self.storage.list(join(data, TRANSFORM))),
+        )
 
     def _previous_attempt(self, output: str, fingerprint: dict, *, finished: str) -> dict | None:
         """An earlier attempt of this same run (same output, data and settings) that did not
@@ -361,6 +389,7 @@ class TrainingJob:
                     stopped_by = "stopped"
             held_out = evaluator.collect() if evaluator else None
             if held_out is not None:
+                fleet.totals["live_evaluations"] += 1
                 fleet.totals["invocations"] += 1
                 fleet.totals["worker_seconds"] += held_out.pop("seconds")
                 verdict = evaluator.verdict(held_out["test_loss"])
@@ -482,7 +511,7 @@ class _Fleet:
         self.running: dict[Future, _Invocation] = {}
         self.replaced = [0] * len(shares)
         self.totals = {"examples": 0, "updates": 0, "invocations": 0, "worker_seconds": 0.0, "loss_sum": 0.0,
-                       "replacements": 0}
+                       "replacements": 0, "storage_gets": 0, "storage_puts": 0, "live_evaluations": 0}
         for worker in range(len(shares)):  # from where an earlier attempt's journal says, if any
             journal = journals.get(worker)
             if journal is None:
@@ -511,6 +540,8 @@ class _Fleet:
         self.totals["examples"] += result["examples"]
         self.totals["updates"] += result["updates"]
         self.totals["loss_sum"] += result["train_loss"] * result["examples"]
+        self.totals["storage_gets"] += result["storage_requests"]["get"]
+        self.totals["storage_puts"] += result["storage_requests"]["put"]
         if result["status"] == "handover":
             self.launch(inv.worker, inv.generation + 1, result["resume"])
         elif result["status"] == "rejected":

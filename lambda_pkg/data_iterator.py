@@ -37,17 +37,24 @@ class Position:
 
 class UnitReader:
     """Reads (shard URI, row group) units, keeping the two most recent shards open
-    (a worker's units come in runs from the same shard, and one is prefetched)."""
+    (a worker's units come in runs from the same shard, and one is prefetched).
+    ``requests`` counts what it asked of storage (an opened shard's footer, each row
+    group), as S3 would bill it."""
 
     KEEP_OPEN = 2
 
     def __init__(self, storage: Storage) -> None:
         self._storage = storage
         self._readers: OrderedDict[str, ShardReader] = OrderedDict()
+        self.requests = 0
 
     def read(self, unit: tuple[str, int]) -> SparseRows:
         uri, group = unit
-        reader = self._readers.pop(uri, None) or ShardReader(self._storage, uri)
+        reader = self._readers.pop(uri, None)
+        if reader is None:
+            reader = ShardReader(self._storage, uri)
+            self.requests += 1
+        self.requests += 1
         self._readers[uri] = reader
         while len(self._readers) > self.KEEP_OPEN:
             self._readers.popitem(last=False)[1].close()
@@ -71,7 +78,7 @@ def epoch_order(units: list[tuple[str, int]], seed: int, worker: int, epoch: int
 def minibatches(
     units: list[tuple[str, int]],
     *,
-    storage: Storage,
+    reader: UnitReader,
     minibatch: int,
     epochs: int,
     seed: int,
@@ -79,7 +86,6 @@ def minibatches(
     start: Position,
 ) -> Iterator[tuple[Position, SparseRows]]:
     """Every minibatch from ``start`` on, each with the position that follows it."""
-    reader = UnitReader(storage)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
         for epoch in range(start.epoch, epochs):
             order = epoch_order(units, seed, worker, epoch)

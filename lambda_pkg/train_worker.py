@@ -38,7 +38,7 @@ import numpy as np
 
 from cirrus_airflow.models import registry
 from cirrus_airflow.storage import Storage
-from lambda_pkg.data_iterator import Position, minibatches
+from lambda_pkg.data_iterator import Position, UnitReader, minibatches
 from ps_service.client import PSClient
 from ps_service.errors import PSAuthError, PSConnectionError, PSError
 
@@ -65,8 +65,9 @@ def worker_task(event: dict, context: Any) -> dict:
     storage = Storage()
     journal = _Journal(storage, event.get("progress_uri"), worker, generation,
                        every_s=float(event.get("progress_interval_s", PROGRESS_S)))
+    reader = UnitReader(storage)
     batches = minibatches(
-        units, storage=storage, minibatch=int(event["minibatch"]), epochs=int(event["epochs"]),
+        units, reader=reader, minibatch=int(event["minibatch"]), epochs=int(event["epochs"]),
         seed=int(event.get("seed", 0)), worker=worker, start=start,
     )
     with PSClient(event["ps"]["address"], token=event["ps"].get("token")) as ps:
@@ -77,7 +78,8 @@ def worker_task(event: dict, context: Any) -> dict:
         except PSError as refusal:
             batches.close()
             return {"worker_id": worker, "generation": generation, "status": "rejected", "reason": str(refusal),
-                    "resume": None, "examples": 0, "updates": 0, "train_loss": 0.0}
+                    "resume": None, "examples": 0, "updates": 0, "train_loss": 0.0,
+                    "storage_requests": {"get": 0, "put": 0}}
         loop = _Loop(ps, table, lambda rows: registry.minibatch(model, params, rows), journal, worker,
                      report_every=max(1, int(event.get("report_every", 20))))
         with _heartbeats(ps, float(event.get("heartbeat_s", HEARTBEAT_S))), contextlib.closing(batches):
@@ -93,6 +95,7 @@ def worker_task(event: dict, context: Any) -> dict:
         "examples": stats["examples"],
         "updates": stats["updates"],
         "train_loss": stats["loss_sum"] / max(1, stats["examples"]),
+        "storage_requests": {"get": reader.requests, "put": journal.writes},
     }
 
 
@@ -178,11 +181,13 @@ class _Journal:
         self.storage, self.uri, self.worker, self.generation = storage, uri, worker, generation
         self.every_s = every_s
         self.next_at = time.monotonic() + every_s
+        self.writes = 0
 
     def note(self, position: Position | None, stats: dict, *, final: bool = False) -> None:
         if self.uri is None or (not final and time.monotonic() < self.next_at):
             return
         self.next_at = time.monotonic() + self.every_s
+        self.writes += 1
         self.storage.write_text(self.uri, json.dumps({
             "worker": self.worker, "generation": self.generation,
             "position": None if position is None else position.to_json(),

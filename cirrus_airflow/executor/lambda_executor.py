@@ -67,13 +67,14 @@ class LambdaExecutor(ServerlessExecutor):
     (``EndpointConnectionError``, ``ConnectTimeoutError``). A read timeout is never retried:
     the first attempt may still be running. Running invocations cannot be stopped on AWS:
     ``cancel()`` only cancels what has not been sent. ``time_limit_s`` is the function's
-    timeout when the caller knows it (work that hands over before it checks against it).
+    timeout when the caller knows it (work that hands over before it checks against it),
+    ``memory_mb`` its memory size (what the cost of an invocation-second depends on).
     """
 
     def __init__(self, client: Any, function_name: str, *, qualifier: str | None = None,
                  max_concurrency: int = 8, max_retries: int = 8,
                  backoff_base_s: float = 0.1, backoff_max_s: float = 20.0,
-                 time_limit_s: float | None = None) -> None:
+                 time_limit_s: float | None = None, memory_mb: int | None = None) -> None:
         super().__init__(max_concurrency=max_concurrency)
         if not function_name:
             raise ValueError("function_name must name the Lambda function to invoke")
@@ -89,6 +90,7 @@ class LambdaExecutor(ServerlessExecutor):
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.time_limit_s = time_limit_s
+        self.memory_mb = memory_mb
         self._client = client
         if client is not None:
             _warn_if_client_retries(client, function_name)

@@ -42,7 +42,7 @@ class LocalLambdaExecutor(LambdaExecutor):
                  max_concurrency: int | None = None) -> None:
         self.function = function or FunctionConfig()
         super().__init__(None, function_name, max_concurrency=max_concurrency or self.function.concurrency,
-                         time_limit_s=self.function.timeout_s)
+                         time_limit_s=self.function.timeout_s, memory_mb=self.function.memory_mb)
         self._runtime: LocalLambdaRuntime | None = None
         self._start_lock = threading.Lock()
 

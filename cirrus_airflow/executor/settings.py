@@ -62,7 +62,7 @@ class ExecutorSettings:
             else:
                 client = lambda_client(config)
             return LambdaExecutor(client, self.function_name, max_concurrency=self.concurrency,
-                                  time_limit_s=self.timeout_s)
+                                  time_limit_s=self.timeout_s, memory_mb=self.memory_mb)
         return LocalLambdaExecutor(function_name=self.function_name,
                                    function=self.function(local_environment or {}),
                                    max_concurrency=self.concurrency)

@@ -63,6 +63,11 @@ def test_training_beats_the_base_rate_and_leaves_a_model(shards, tmp_path):
     assert curve and curve[-1]["updates"] > 0
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["model_uri"] == summary["model_uri"]
     assert json.dumps(summary)  # XCom-able: plain JSON
+    cost = summary["cost"]  # 3 workers of 1,024 MB (the function's size) and one server process
+    assert summary["estimated_cost_usd"] == cost["total_usd"] > 0
+    assert cost["lambda_compute_usd"] == pytest.approx(
+        summary["worker_seconds"] * 1.0 * 0.0000166667, rel=0.5)  # plus the final evaluation's seconds
+    assert cost["s3_requests_usd"] > 0 and cost["parameter_server_usd"] > 0
 
 
 def test_training_runs_on_a_sharded_parameter_server_with_adam(shards, tmp_path, inline_executor):

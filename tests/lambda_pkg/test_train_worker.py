@@ -8,7 +8,7 @@ import pytest
 
 from cirrus_airflow.shards import SparseRows, write_shard
 from cirrus_airflow.storage import Storage
-from lambda_pkg.data_iterator import Position, minibatches
+from lambda_pkg.data_iterator import Position, UnitReader, minibatches
 from lambda_pkg.train_worker import worker_task
 from ps_service.client import PSClient
 from ps_service.server import ParameterServer
@@ -104,7 +104,8 @@ def test_stop_flag_and_deadline_end_the_worker(tmp_path, server):
 def test_positions_cover_every_minibatch_once_from_any_start(tmp_path):
     units = _shards(tmp_path, n_shards=2, rows=250)
     run = lambda start: [(p, len(rows)) for p, rows in minibatches(  # noqa: E731
-        [tuple(u) for u in units], storage=Storage(), minibatch=40, epochs=2, seed=3, worker=1, start=start)]
+        [tuple(u) for u in units], reader=UnitReader(Storage()), minibatch=40, epochs=2, seed=3, worker=1,
+        start=start)]
     full = run(Position())
     assert sum(n for _, n in full) == 2 * 500
     # Resuming from the position after any batch gives exactly the rest.
