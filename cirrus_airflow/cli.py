@@ -27,7 +27,7 @@ from cirrus_airflow.preprocess import (
     PreprocessError,
     run_preprocess,
 )
-from cirrus_airflow.report import format_table
+from cirrus_airflow.report import format_table, progress_line
 from cirrus_airflow.storage import Storage, StorageError, join
 from cirrus_airflow.transforms.sparse import INDEX_BASES
 from cirrus_airflow.transforms.tabular import MISSING_MODES
@@ -143,10 +143,7 @@ def _run_preprocess(config: PreprocessConfig, args: argparse.Namespace, progress
 
 def _run_train(config: TrainConfig, args: argparse.Namespace, progress: _Progress) -> dict:
     def show(point: dict) -> None:
-        loss = point["train_loss"]
-        held_out = f"  held-out loss={point['test_loss']:.4f}" if "test_loss" in point else ""
-        progress.line(f"train  t={point['t']:.1f}s  updates={point['updates']:,}  "
-                      f"loss={'n/a' if loss is None else f'{loss:.4f}'}{held_out}")
+        progress.line(f"train  {progress_line(point)}")
 
     with _executor(args) as executor:
         job = TrainingJob(config, storage=Storage(), executor=executor, progress=show)

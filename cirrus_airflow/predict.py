@@ -48,7 +48,7 @@ from cirrus_airflow.models.logistic import predict_margins, sigmoid
 from cirrus_airflow.models.registry import factor_model
 from cirrus_airflow.preprocess import InputFile, PreprocessError, describe_inputs, expand_inputs
 from cirrus_airflow.rejects import write_rejects
-from cirrus_airflow.storage import Storage, StorageError, join, normalize
+from cirrus_airflow.storage import Storage, join, normalize
 from cirrus_airflow.transforms.sparse import SparseTransform
 from cirrus_airflow.transforms.workspace import Workspace
 

@@ -60,3 +60,11 @@ def format_table(summary: Mapping, rows: tuple = ()) -> str:
     cells = [(label, fmt.format(summary[key])) for key, label, fmt in rows if summary.get(key) is not None]
     width = max(len(label) for label, _ in cells) if cells else 0
     return "\n".join(f"  {label.ljust(width)}  {value}" for label, value in cells)
+
+
+def progress_line(point: dict) -> str:
+    """One point of a training curve, as the task log and the command line show it."""
+    loss = point["train_loss"]
+    held_out = f"  held-out loss={point['test_loss']:.4f}" if "test_loss" in point else ""
+    return (f"t={point['t']:.1f}s  updates={point['updates']:,}  "
+            f"loss={'n/a' if loss is None else f'{loss:.4f}'}{held_out}")

@@ -57,5 +57,6 @@ with DAG(
         minibatch=256,
         epochs=2,
         time_budget_s=600,
+        deferrable=True,  # training is driven from the triggerer: no worker slot held while it runs
     )
     clicks >> shards >> model

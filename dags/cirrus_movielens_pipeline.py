@@ -66,5 +66,6 @@ with DAG(
         minibatch=256,
         epochs=10,
         time_budget_s=600,
+        deferrable=True,  # training is driven from the triggerer: no worker slot held while it runs
     )
     ratings >> shards >> model

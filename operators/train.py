@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from cirrus_airflow.hooks import ParameterServerHook
-from cirrus_airflow.report import format_table
-from cirrus_airflow.training import TrainConfig, TrainingJob
+from cirrus_airflow.report import format_table, progress_line
+from cirrus_airflow.training import TrainConfig, TrainingError, TrainingJob
 from operators.base import CirrusBaseOperator
+from operators.triggers import TrainTrigger
 
 
 class CirrusTrainOperator(CirrusBaseOperator):
@@ -50,6 +52,8 @@ class CirrusTrainOperator(CirrusBaseOperator):
         (its host may list a sharded group's addresses, comma-separated).
     :param ps_shards: without ``ps_conn_id``, start a parameter server of this many
         processes, keys spread over them.
+    :param deferrable: wait in Airflow's triggerer rather than a worker slot: the trigger
+        drives the run (and starts its parameter server) and the task resumes to report.
 
     Returns (XCom) the summary: the held-out metrics (``lr``: log loss, AUC, accuracy;
     ``mf``: RMSE, MAE) beside a constant prediction's, examples per second,
@@ -81,6 +85,7 @@ class CirrusTrainOperator(CirrusBaseOperator):
         handover_margin_s: float = 10.0,
         ps_conn_id: str | None = None,
         ps_shards: int = 1,
+        deferrable: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -104,6 +109,7 @@ class CirrusTrainOperator(CirrusBaseOperator):
         self.handover_margin_s = handover_margin_s
         self.ps_conn_id = ps_conn_id
         self.ps_shards = ps_shards
+        self.deferrable = deferrable
         self._config().validate()
 
     def _config(self, ps_address: str | None = None, ps_token: str | None = None) -> TrainConfig:
@@ -119,14 +125,17 @@ class CirrusTrainOperator(CirrusBaseOperator):
         )
 
     def execute(self, context: Any) -> dict:
-        address, token = ParameterServerHook(self.ps_conn_id).get_conn() if self.ps_conn_id else (None, None)
         hook = self.hook
+        if self.deferrable:
+            self.defer(
+                trigger=TrainTrigger.for_run(self._config(), hook.settings, self.aws_conn_id, self.ps_conn_id),
+                method_name="execute_complete",
+                timeout=self.execution_timeout or timedelta(days=7),
+            )
+        address, token = ParameterServerHook(self.ps_conn_id).get_conn() if self.ps_conn_id else (None, None)
 
         def progress(point: dict) -> None:
-            loss = point["train_loss"]
-            self.log.info("t=%.1fs updates=%d train_loss=%s%s", point["t"], point["updates"],
-                          "n/a" if loss is None else f"{loss:.4f}",
-                          f" held-out loss={point['test_loss']:.4f}" if "test_loss" in point else "")
+            self.log.info("%s", progress_line(point))
 
         with hook.get_executor() as executor:
             job = TrainingJob(self._config(address, token), storage=hook.get_storage(), executor=executor,
@@ -136,5 +145,17 @@ class CirrusTrainOperator(CirrusBaseOperator):
                 summary = job.run()
             finally:
                 self._cancellable(None)
+        return self._report(summary)
+
+    def execute_complete(self, context: Any, event: dict) -> dict:
+        """Resume after the trigger: its event carries the summary, or why the run failed."""
+        status = event.get("status")
+        if status == "bad_input":
+            raise ValueError(event["message"])
+        if status != "success":
+            raise TrainingError(f"training failed: {event.get('message', event)}")
+        return self._report(event["summary"])
+
+    def _report(self, summary: dict) -> dict:
         self.log.info("training finished:\n%s", format_table(summary))
         return summary

@@ -1,4 +1,10 @@
-"""Triggers: the waiting part of a Cirrus task, run by Airflow's triggerer instead of a worker slot."""
+"""Triggers: the waiting part of a Cirrus task, run by Airflow's triggerer instead of a worker slot.
+
+Both drivers (preprocessing, training) hold no data: they plan, fan out invocations and
+poll (the executor's futures, the parameter server's status). A trigger runs the driver
+on a thread of the triggerer, logs its progress, and turns its end into one event;
+cancelling the trigger (the task is killed or times out) cancels what the driver started.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,12 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from cirrus_airflow.executor import ExecutorSettings, InvocationError, ServerlessExecutor
-from cirrus_airflow.hooks import CirrusHook
+from cirrus_airflow.executor import ExecutorSettings, InvocationError
+from cirrus_airflow.hooks import CirrusHook, ParameterServerHook
 from cirrus_airflow.preprocess import PreprocessConfig, PreprocessError, run_preprocess
+from cirrus_airflow.report import progress_line
 from cirrus_airflow.storage import StorageError
+from cirrus_airflow.training import TrainConfig, TrainingError, TrainingJob
 
 
 class PreprocessTrigger(BaseTrigger):
@@ -79,25 +87,89 @@ class PreprocessTrigger(BaseTrigger):
 
 
 class _Cancellable:
-    """The executor of a run on another thread, cancellable before it even exists: a cancel
-    that comes first is applied the moment the executor is attached."""
+    """What a run on another thread stops with (its executor, or its training job),
+    cancellable before it even exists: a cancel that comes first is applied the moment
+    the target is attached."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._executor: ServerlessExecutor | None = None
+        self._target: Any = None
         self._cancelled = False
 
-    def attach(self, executor: ServerlessExecutor) -> None:
+    def attach(self, target: Any) -> None:
         with self._lock:
-            self._executor = executor
+            self._target = target
             if self._cancelled:
-                executor.cancel()
+                target.cancel()
 
     def cancel(self) -> None:
         with self._lock:
             self._cancelled = True
-            if self._executor is not None:
-                self._executor.cancel()
+            if self._target is not None:
+                self._target.cancel()
+
+
+class TrainTrigger(BaseTrigger):
+    """Drives a training run and waits for it: the workers' fan-out, their handovers and
+    replacements, the live evaluations, all decided by polling futures and the parameter
+    server's status. No worker slot is held while the model trains; the task log gets a
+    progress line per poll interval. The run's own parameter server is started here, by the
+    triggerer, and stopped when the run ends or the trigger is cancelled. A triggerer that
+    restarts runs this again on the same output, which resumes the run from its checkpoint.
+    """
+
+    def __init__(self, *, config: dict, settings: dict, aws_conn_id: str | None, ps_conn_id: str | None = None,
+                 poll_interval_s: float = 10.0) -> None:
+        super().__init__()
+        self.config = config
+        self.settings = settings
+        self.aws_conn_id = aws_conn_id
+        self.ps_conn_id = ps_conn_id
+        self.poll_interval_s = poll_interval_s
+
+    @classmethod
+    def for_run(cls, config: TrainConfig, settings: ExecutorSettings, aws_conn_id: str | None,
+                ps_conn_id: str | None) -> TrainTrigger:
+        """The server's address and token stay in its connection, not in the trigger's kwargs."""
+        doc = {k: v for k, v in asdict(config).items() if k not in ("ps_address", "ps_token")}
+        return cls(config=_jsonable(doc), settings=asdict(settings), aws_conn_id=aws_conn_id, ps_conn_id=ps_conn_id)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {"config": self.config, "settings": self.settings, "aws_conn_id": self.aws_conn_id,
+             "ps_conn_id": self.ps_conn_id, "poll_interval_s": self.poll_interval_s},
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        run = _Cancellable()
+        points: list[dict] = []
+        job = asyncio.ensure_future(asyncio.to_thread(self._run, run, points))
+        try:
+            while not job.done():
+                await asyncio.wait([job], timeout=self.poll_interval_s)
+                if points:
+                    self.log.info("%s", progress_line(points[-1]))
+        except asyncio.CancelledError:
+            self.log.info("trigger cancelled: stopping the training workers and the parameter server")
+            run.cancel()
+            raise
+        yield TriggerEvent(job.result())
+
+    def _run(self, run: _Cancellable, points: list) -> dict:
+        """The whole driver, on a thread; failures come back as an event, never as a triggerer crash."""
+        address, token = ParameterServerHook(self.ps_conn_id).get_conn() if self.ps_conn_id else (None, None)
+        config = TrainConfig(**self.config, ps_address=address, ps_token=token)
+        hook = CirrusHook(aws_conn_id=self.aws_conn_id, settings=ExecutorSettings(**self.settings))
+        try:
+            with hook.get_executor() as executor:
+                job = TrainingJob(config, storage=hook.get_storage(), executor=executor, progress=points.append)
+                run.attach(job)
+                return {"status": "success", "summary": job.run()}
+        except (ValueError, StorageError) as exc:
+            return {"status": "bad_input", "message": str(exc)}
+        except (TrainingError, InvocationError) as exc:
+            return {"status": "failed", "message": str(exc)}
 
 
 def _jsonable(value: Any) -> Any:
