@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench import preprocess, ps, train
+from bench import preprocess, ps, quality, train
 
 
 def main() -> None:
@@ -13,6 +13,7 @@ def main() -> None:
     args = parser.parse_args()
     preprocess.main(["--rows", "100000"] if args.quick else [])
     train.main(["--rows", "100000"] if args.quick else [])
+    quality.main([])
     ps.main(["--quick"] if args.quick else [])
 
 
