@@ -175,8 +175,15 @@ class TrainingJob:
         # stopped table of an earlier attempt of this one.
         self.table = f"{config.model}-{uuid.uuid4().hex[:12]}"
         self._cancelled = threading.Event()
+        self._stop_request: str | None = None
         self._server: tuple[str, str | None] | None = None
         self._last_report_t = float("-inf")
+
+    def request_stop(self, reason: str) -> None:
+        """End the training early from any thread (a search stopping a hopeless
+        configuration, a user's kill button): the workers stop at their next step, and the
+        run still saves its model and evaluates it, with ``stopped_by`` set to ``reason``."""
+        self._stop_request = reason
 
     def cancel(self) -> None:
         """Stop the run from any thread: the workers learn it from the server's stop
@@ -397,6 +404,10 @@ class TrainingJob:
                     log.info("stopping: %s (held-out loss %.5f)", verdict.replace("_", " "), held_out["test_loss"])
                     stopped_by = verdict
                     client.stop(self.table)
+            if self._stop_request and stopped_by == "epochs":
+                log.info("stopping: %s", self._stop_request)
+                stopped_by = self._stop_request
+                client.stop(self.table)
             if evaluator and fleet.running and stopped_by == "epochs":
                 evaluator.maybe_launch()
             status = client.status()

@@ -1,0 +1,289 @@
+"""The search driver: many trainings at once, hopeless ones stopped early, within budgets.
+
+Up to ``concurrency`` configurations train at the same time, each a ``TrainingJob`` of
+its own (its workers, its live evaluator, its table) on one shared parameter server.
+Every live held-out loss goes to the early-stopping rule with the resource the
+configuration has used (training seconds or examples); a configuration the rule gives
+up on is stopped at once (its model is still saved and evaluated) and its slot goes to
+the next one. Budgets (configurations, worker-seconds, estimated dollars) end the search
+cleanly: nothing new starts, and what runs is stopped.
+
+Everything lands under ``<output>/``: each configuration's run under
+``configs/<id>/`` with a ``status.json`` written when it ends, and ``results.json``
+(every configuration, the best one) written last. A retried search reads the statuses
+and runs only the configurations that have none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from cirrus_airflow.executor import ServerlessExecutor
+from cirrus_airflow.storage import Storage, StorageError, join, normalize
+from cirrus_airflow.training import TrainConfig, TrainingJob
+from cirrus_airflow.tuning import early_stopping
+from ps_service.launcher import start_local_server
+
+log = logging.getLogger(__name__)
+
+RESOURCES = ("seconds", "examples")
+FINISHED, STOPPED_EARLY, KILLED, FAILED, OVER_BUDGET = "finished", "stopped_early", "killed", "failed", "over_budget"
+# The run-level settings of a configuration's TrainConfig that the search owns.
+_OWNED = ("data", "output", "model", "ps_address", "ps_token")
+ExecutorFactory = Callable[[dict], ServerlessExecutor]
+
+
+@dataclass
+class TuneConfig:
+    """A search: the configurations to try and how to run them; validated up front."""
+
+    data: str
+    output: str
+    configs: list[dict]
+    model: str = "lr"
+    base: dict = field(default_factory=dict)  # training settings every configuration shares
+    early_stopping: str = "asha"
+    resource: str = "seconds"
+    grace: float = 5.0  # resource of ASHA's first rung, or before which the median rule waits
+    eta: float = 3.0
+    concurrency: int = 4
+    max_configs: int | None = None
+    budget_worker_seconds: float | None = None
+    budget_dollars: float | None = None
+    ps_shards: int = 1
+
+    def validate(self) -> None:
+        if not self.configs:
+            raise ValueError("configs is empty: give a grid or random samples to search")
+        owned = sorted({k for c in [self.base, *self.configs] for k in c} & set(_OWNED))
+        if owned:
+            raise ValueError(f"{', '.join(owned)} belong(s) to the search, not to a configuration")
+        if self.resource not in RESOURCES:
+            raise ValueError(f"resource must be one of {RESOURCES}, got {self.resource!r}")
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
+        for name in ("max_configs", "budget_worker_seconds", "budget_dollars"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive (or None for no limit), got {value}")
+        early_stopping.make(self.early_stopping, grace=self.grace, eta=self.eta)
+        for params in self.configs:
+            self.train_config(params, "x").validate()
+
+    def train_config(self, params: dict, output: str, *, ps_address: str | None = None,
+                     ps_token: str | None = None) -> TrainConfig:
+        settings = {k: v for k, v in {**self.base, **params}.items() if k != "worker_memory_mb"}
+        return TrainConfig(data=self.data, output=output, model=self.model, ps_address=ps_address,
+                           ps_token=ps_token, **settings)
+
+
+def config_id(index: int, params: dict) -> str:
+    """A stable name for a configuration: its place in the search and a hash of its values."""
+    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{index:03d}-{digest}"
+
+
+class Search:
+    """One search; ``kill(config_id)`` and ``cancel()`` may be called from any thread."""
+
+    def __init__(self, config: TuneConfig, *, storage: Storage, executors: ExecutorFactory,
+                 progress: Callable[[dict], None] | None = None) -> None:
+        config.validate()
+        self.config, self.storage, self.executors, self.progress = config, storage, executors, progress
+        self.output = normalize(config.output)
+        self.rule = early_stopping.make(config.early_stopping, grace=config.grace, eta=config.eta)
+        self.trials = [Trial(config_id(i, p), p) for i, p in enumerate(config.configs)]
+        self._lock = threading.Lock()
+        self._cancelled = threading.Event()
+        self._over_budget = False
+
+    def kill(self, trial_id: str | None = None) -> None:
+        """Stop one configuration (or, with None, every one) as a user asks: it ends as killed."""
+        for trial in self.trials:
+            if trial_id is None or trial.id == trial_id:
+                trial.stop(KILLED)
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        self.kill()
+
+    def run(self) -> dict:
+        cfg = self.config
+        self._load_finished()
+        todo = [t for t in self.trials if t.status is None][: self._slots_left()]
+        with self._parameter_server() as (address, token), ThreadPoolExecutor(cfg.concurrency) as pool:
+            running: dict[Future, Trial] = {}
+            queue = list(todo)
+            while (queue or running) and not self._cancelled.is_set():
+                while queue and len(running) < cfg.concurrency and not self._over_budget:
+                    trial = queue.pop(0)
+                    running[pool.submit(self._run_trial, trial, address, token)] = trial
+                if not running:
+                    break
+                done, _ = wait(list(running), timeout=1.0, return_when=FIRST_COMPLETED)
+                for future in done:
+                    running.pop(future)
+                self._check_budgets()
+        for trial in self.trials:  # never started: beyond a budget, or the search was cancelled
+            if trial.status is None:
+                trial.status = KILLED if self._cancelled.is_set() else OVER_BUDGET
+        return self._write_results()
+
+    # -- one configuration ----------------------------------------------------------------------------------
+
+    def _run_trial(self, trial: Trial, address: str, token: str) -> None:
+        output = join(self.output, "configs", trial.id)
+        config = self.config.train_config(trial.params, output, ps_address=address, ps_token=token)
+        started = time.monotonic()
+        examples = 0
+
+        def observe(point: dict) -> None:
+            nonlocal examples
+            examples += point.get("examples") or 0
+            trial.live = {"t": point["t"], "updates": point["updates"], "train_loss": point["train_loss"]}
+            if "test_loss" not in point:
+                return
+            trial.curve.append({"t": point["t"], "test_loss": point["test_loss"]})
+            resource = time.monotonic() - started if self.config.resource == "seconds" else examples
+            with self._lock:
+                go_on = self.rule.report(trial.id, resource, point["test_loss"])
+            if not go_on:
+                log.info("configuration %s stopped early (held-out loss %.5f at %s %g)", trial.id,
+                         point["test_loss"], self.config.resource, resource)
+                trial.stop(STOPPED_EARLY)
+            if self.progress is not None:
+                self.progress({"config": trial.id, **point})
+
+        try:
+            with self.executors(trial.params) as executor:
+                job = TrainingJob(config, storage=self.storage, executor=executor, progress=observe)
+                trial.attach(job)
+                summary = job.run()
+            trial.finish(summary)
+        except Exception as exc:  # noqa: BLE001 - one configuration's failure is its result, not the search's
+            log.warning("configuration %s failed: %s", trial.id, exc)
+            trial.fail(str(exc))
+        self.storage.write_text(join(output, "status.json"), json.dumps(trial.to_json(), sort_keys=True))
+
+    # -- budgets, retries, results --------------------------------------------------------------------------
+
+    def _slots_left(self) -> int:
+        done = sum(t.status is not None for t in self.trials)
+        limit = self.config.max_configs
+        return len(self.trials) if limit is None else max(0, limit - done)
+
+    def _check_budgets(self) -> None:
+        cfg = self.config
+        seconds = sum(t.worker_seconds for t in self.trials)
+        dollars = sum(t.cost for t in self.trials)
+        over = ((cfg.budget_worker_seconds is not None and seconds >= cfg.budget_worker_seconds)
+                or (cfg.budget_dollars is not None and dollars >= cfg.budget_dollars))
+        if over and not self._over_budget:
+            log.info("budget reached (%.1f worker-seconds, $%.6f): stopping the search", seconds, dollars)
+            self._over_budget = True
+            for trial in self.trials:
+                trial.stop(OVER_BUDGET)
+
+    def _load_finished(self) -> None:
+        """A retried search keeps the configurations that ended before (their status is written)."""
+        for trial in self.trials:
+            try:
+                saved = json.loads(self.storage.read_text(join(self.output, "configs", trial.id, "status.json")))
+            except (StorageError, json.JSONDecodeError):
+                continue
+            if saved.get("params") == trial.params:
+                trial.restore(saved)
+
+    def _write_results(self) -> dict:
+        configs = [t.to_json() for t in self.trials]
+        ranked = [c for c in configs if c["metric"] is not None and c["status"] in (FINISHED, STOPPED_EARLY)]
+        best = min(ranked, key=lambda c: c["metric"]) if ranked else None
+        results = {
+            "model": self.config.model,
+            "metric": "test_logloss" if self.config.model == "lr" else "test_rmse",
+            "configs": configs,
+            "best": best,
+            "worker_seconds_total": sum(c["worker_seconds"] for c in configs),
+            "cost_total_usd": sum(c["cost_usd"] for c in configs),
+            "early_stopping": self.config.early_stopping,
+            "results_uri": join(self.output, "results.json"),
+        }
+        self.storage.write_text(results["results_uri"], json.dumps(results, indent=1, sort_keys=True))
+        return results
+
+    @contextlib.contextmanager
+    def _parameter_server(self) -> Iterator[tuple[str, str]]:
+        """One server group for every configuration; each trains a table of its own there."""
+        token = secrets.token_urlsafe(24)
+        with start_local_server(token=token, shards=self.config.ps_shards) as server:
+            yield server.address, token
+
+
+class Trial:
+    """One configuration of the search, as it runs and as it ended."""
+
+    def __init__(self, trial_id: str, params: dict) -> None:
+        self.id, self.params = trial_id, params
+        self.status: str | None = None
+        self.summary: dict | None = None
+        self.error: str | None = None
+        self.curve: list[dict] = []
+        self.live: dict = {}
+        self._job: TrainingJob | None = None
+        self._stop: str | None = None
+        self._lock = threading.Lock()
+
+    def attach(self, job: TrainingJob) -> None:
+        with self._lock:
+            self._job = job
+            if self._stop is not None:
+                job.request_stop(self._stop)
+
+    def stop(self, why: str) -> None:
+        with self._lock:
+            if self.status is not None or self._stop is not None:
+                return
+            self._stop = why
+            if self._job is not None:
+                self._job.request_stop(why)
+
+    def finish(self, summary: dict) -> None:
+        self.summary = summary
+        self.status = self._stop or FINISHED
+
+    def fail(self, message: str) -> None:
+        self.error, self.status = message, FAILED
+
+    def restore(self, saved: dict) -> None:
+        self.status, self.summary, self.error = saved["status"], saved.get("summary"), saved.get("error")
+        self.curve = saved.get("curve", [])
+
+    @property
+    def worker_seconds(self) -> float:
+        """Counted once the configuration has ended (its summary has them)."""
+        return self.summary["worker_seconds"] if self.summary is not None else 0.0
+
+    @property
+    def cost(self) -> float:
+        return self.summary["estimated_cost_usd"] if self.summary is not None else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        summary = self.summary or {}
+        metric = summary.get("test_logloss", summary.get("test_rmse"))
+        return {
+            "id": self.id, "params": self.params, "status": self.status or "pending",
+            "metric": metric, "best_live_loss": summary.get("best_test_loss"),
+            "worker_seconds": self.worker_seconds, "cost_usd": self.cost,
+            "model_uri": summary.get("model_uri"), "stopped_by": summary.get("stopped_by"),
+            "error": self.error, "summary": self.summary, "curve": self.curve,
+        }

@@ -1,0 +1,94 @@
+"""The search driver on generated ratings: configurations run a few at a time on one shared
+parameter server, the hopeless ones stopped early, budgets end the search, a retry keeps
+what finished, and a kill stops one configuration."""
+
+import json
+
+import pytest
+
+from cirrus_airflow.datasets import write_synthetic_ratings
+from cirrus_airflow.preprocess import PreprocessConfig, run_preprocess
+from cirrus_airflow.storage import Storage
+from cirrus_airflow.tuning.search import Search, TuneConfig
+from cirrus_airflow.tuning.space import grid
+
+BASE = {"workers": 1, "factors": 4, "epochs": 40, "eval_interval_s": 0.1, "eval_rows": 1000, "poll_interval_s": 0.05}
+
+
+@pytest.fixture
+def shards(tmp_path, inline_executor):
+    write_synthetic_ratings(Storage(), str(tmp_path / "ratings.csv"), users=150, items=300, rows=12_000, seed=2)
+    run_preprocess(PreprocessConfig(inputs=[str(tmp_path / "ratings.csv")], output=str(tmp_path / "shards"),
+                                    format="ratings", workers=2, row_group_rows=500, shard_rows=3000),
+                   storage=Storage(), executor=inline_executor)
+    return tmp_path / "shards"
+
+
+@pytest.fixture
+def executors(inline_executor):
+    kind = type(inline_executor)
+    made = []
+
+    def factory(params):
+        made.append(params)
+        return kind(max_concurrency=2)  # a worker and the live evaluator
+
+    factory.made = made
+    return factory
+
+
+def _search(shards, out, executors, **kw):
+    configs = kw.pop("configs", grid({"learning_rate": [1e-6, 0.1, 1e-5, 0.05]}))
+    config = TuneConfig(data=str(shards), output=str(out), model="mf", configs=configs, base=BASE, **kw)
+    return Search(config, storage=Storage(), executors=executors)
+
+
+def test_asha_stops_the_hopeless_configurations_and_the_best_is_a_good_one(shards, tmp_path, executors):
+    results = _search(shards, tmp_path / "tune", executors, grace=0.3, eta=2, concurrency=2).run()
+    statuses = {c["params"]["learning_rate"]: c["status"] for c in results["configs"]}
+    assert set(statuses.values()) <= {"finished", "stopped_early"} and "stopped_early" in statuses.values()
+    assert results["best"]["params"]["learning_rate"] in (0.1, 0.05)
+    assert results["best"]["metric"] == min(c["metric"] for c in results["configs"])
+    assert results["worker_seconds_total"] == pytest.approx(sum(c["worker_seconds"] for c in results["configs"]))
+    saved = json.loads((tmp_path / "tune" / "results.json").read_text())
+    assert saved["best"]["id"] == results["best"]["id"] and len(saved["configs"]) == 4
+    assert all((tmp_path / "tune" / "configs" / c["id"] / "status.json").exists() for c in saved["configs"])
+
+
+def test_a_retry_runs_only_what_had_not_ended(shards, tmp_path, executors):
+    first = _search(shards, tmp_path / "tune", executors, early_stopping="none", max_configs=2).run()
+    assert [c["status"] for c in first["configs"]] == ["finished", "finished", "over_budget", "over_budget"]
+    executors.made.clear()
+    again = _search(shards, tmp_path / "tune", executors, early_stopping="none").run()
+    assert len(executors.made) == 2  # the two that had not run
+    assert [c["status"] for c in again["configs"]] == ["finished"] * 4
+    assert again["configs"][0]["metric"] == first["configs"][0]["metric"]
+
+
+def test_a_worker_seconds_budget_ends_the_search_cleanly(shards, tmp_path, executors):
+    results = _search(shards, tmp_path / "tune", executors, early_stopping="none", concurrency=1,
+                      budget_worker_seconds=0.01).run()
+    statuses = [c["status"] for c in results["configs"]]
+    assert statuses[0] in ("finished", "over_budget") and statuses[1:] == ["over_budget"] * 3
+    assert len(executors.made) == 1
+
+
+def test_a_killed_configuration_ends_as_killed_and_keeps_its_model(shards, tmp_path, executors):
+    search = _search(shards, tmp_path / "tune", executors, early_stopping="none", concurrency=1,
+                     configs=[{"learning_rate": 0.05}])
+    search.progress = lambda point: search.kill(point["config"])
+    results = search.run()
+    (config,) = results["configs"]
+    assert config["status"] == "killed" and config["stopped_by"] == "killed"
+    assert config["model_uri"] and config["metric"] is not None
+
+
+def test_bad_searches_are_refused_before_anything_runs(shards, tmp_path, executors):
+    with pytest.raises(ValueError, match="configs is empty"):
+        _search(shards, tmp_path, executors, configs=[])
+    with pytest.raises(ValueError, match="output belong"):
+        _search(shards, tmp_path, executors, configs=[{"output": "x"}])
+    with pytest.raises(ValueError, match="resource must be one of"):
+        _search(shards, tmp_path, executors, resource="epochs")
+    with pytest.raises(ValueError, match="learning_rate must be a positive number"):
+        _search(shards, tmp_path, executors, configs=[{"learning_rate": -1.0}])
