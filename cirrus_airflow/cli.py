@@ -27,11 +27,13 @@ from cirrus_airflow.preprocess import (
     PreprocessError,
     run_preprocess,
 )
-from cirrus_airflow.report import format_table, progress_line
+from cirrus_airflow.report import format_search, format_table, progress_line
 from cirrus_airflow.storage import Storage, StorageError, join
 from cirrus_airflow.transforms.sparse import INDEX_BASES
 from cirrus_airflow.transforms.tabular import MISSING_MODES
 from cirrus_airflow.models.registry import DEFAULT_L2, MODELS
+from cirrus_airflow.tuning.early_stopping import STRATEGIES
+from cirrus_airflow.tuning.search import RESOURCES
 from cirrus_airflow.training import OPTIMIZERS, TrainConfig, TrainingError, TrainingJob
 from ps_service.serve import build_parser as ps_parser
 from ps_service.serve import run as ps_run
@@ -77,7 +79,7 @@ def _executor(args: argparse.Namespace) -> ServerlessExecutor:
                             timeout_s=args.worker_timeout, concurrency=args.concurrency).build()
 
 
-def _add_executor_args(p: argparse.ArgumentParser) -> None:
+def _add_executor_args(p: argparse.ArgumentParser, *, concurrency: bool = True) -> None:
     g = p.add_argument_group("serverless executor")
     g.add_argument("--executor", choices=EXECUTORS, default=default_executor_kind(),
                    help=f"local: embedded Lambda runtime; lambda: a deployed function (default: %(default)s, "
@@ -85,7 +87,8 @@ def _add_executor_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--function-name", default="cirrus-worker", help="Lambda function to invoke")
     g.add_argument("--worker-memory", type=int, default=1024, metavar="MB", help="memory of a worker")
     g.add_argument("--worker-timeout", type=float, default=900.0, metavar="S", help="time limit of one invocation")
-    g.add_argument("--concurrency", type=int, default=8, help="invocations in flight at once")
+    if concurrency:
+        g.add_argument("--concurrency", type=int, default=8, help="invocations in flight at once")
 
 
 def _preprocess_config(args: argparse.Namespace) -> PreprocessConfig:
@@ -167,6 +170,58 @@ def cmd_predict(args: argparse.Namespace, progress: _Progress) -> dict:
 
     return run_predict(args.model, args.input, args.output, storage=Storage(), format=args.format,
                        progress=progress.line)
+
+
+def _tune_configs(args: argparse.Namespace) -> list[dict]:
+    from cirrus_airflow.tuning.space import grid, parse_assignment, random_search
+
+    grids = dict(parse_assignment(g) for g in args.grid or [])
+    randoms = dict(parse_assignment(r) for r in args.random or [])
+    strategy = args.strategy or ("random" if randoms else "grid")
+    if strategy == "grid":
+        if randoms:
+            raise ValueError("--random needs --strategy random")
+        return grid({name: values.split(",") for name, values in grids.items()})
+    if grids:
+        raise ValueError("--grid needs --strategy grid (give random parameters with --random)")
+    return random_search(randoms, samples=args.samples, seed=args.seed)
+
+
+def cmd_tune(args: argparse.Namespace, progress: _Progress) -> dict:
+    from cirrus_airflow.tuning.search import Search, TuneConfig
+
+    base = {"workers": args.workers, "epochs": args.epochs, "eval_interval_s": args.eval_interval,
+            "minibatch": args.minibatch}
+    config = TuneConfig(data=args.data, output=args.output, model=args.model, configs=_tune_configs(args), base=base,
+                        early_stopping=args.early_stopping, resource=args.resource, grace=args.grace, eta=args.eta,
+                        concurrency=args.concurrency, max_configs=args.max_configs,
+                        budget_worker_seconds=args.budget_worker_seconds, budget_dollars=args.budget_dollars)
+
+    def executors(params: dict) -> ServerlessExecutor:
+        workers = int(params.get("workers", args.workers))
+        return ExecutorSettings(kind=args.executor, function_name=args.function_name,
+                                memory_mb=int(params.get("worker_memory_mb", args.worker_memory)),
+                                timeout_s=args.worker_timeout, concurrency=workers + 1).build()
+
+    def show(point: dict) -> None:
+        progress.line(f"tune  {point['config']}  {progress_line(point)}")
+
+    search = Search(config, storage=Storage(), executors=executors, progress=show)
+    try:
+        results = search.run()
+    except KeyboardInterrupt:
+        search.cancel()
+        raise
+    return {**results, "configs": [{k: c[k] for k in ("id", "params", "status", "metric", "worker_seconds",
+                                                       "cost_usd", "model_uri")} for c in results["configs"]],
+            "best": None if results["best"] is None else {k: v for k, v in results["best"].items()
+                                                          if k not in ("summary", "curve")}}
+
+
+def cmd_tune_kill(args: argparse.Namespace, progress: _Progress) -> dict:
+    from cirrus_airflow.tuning.search import request_kill
+
+    return {"kill_request": request_kill(Storage(), args.run, args.config)}
 
 
 def cmd_generate(args: argparse.Namespace, progress: _Progress) -> dict:
@@ -327,6 +382,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default=None,
                    help="how the input is written (default: as the model's training data was)")
 
+    p = command("tune", cmd_tune, "search hyperparameters: many trainings at once, hopeless ones stopped early "
+                                  "('tune kill RUN [CONFIG]' stops a running search's configuration)")
+    p.add_argument("--data", required=True, metavar="URI", help="preprocessing output (has _manifest.json)")
+    p.add_argument("--output", required=True, metavar="URI", help="folder for every configuration and results.json")
+    p.add_argument("--model", choices=MODELS, default="lr")
+    p.add_argument("--grid", action="append", metavar="NAME=V1,V2,...", help="values of a parameter (repeatable)")
+    p.add_argument("--random", action="append", metavar="NAME=DIST",
+                   help="a parameter's distribution: loguniform:LO:HI, uniform:LO:HI, int:LO:HI or choice:A,B "
+                        "(repeatable)")
+    p.add_argument("--samples", type=int, default=10, metavar="N", help="random configurations to draw")
+    p.add_argument("--strategy", choices=("grid", "random"), default=None,
+                   help="default: random if --random is given, else grid")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random samples")
+    p.add_argument("--early-stopping", choices=STRATEGIES, default="asha")
+    p.add_argument("--resource", choices=RESOURCES, default="seconds",
+                   help="what the early-stopping rungs count: training seconds or examples")
+    p.add_argument("--grace", type=float, default=5.0, help="resource of the first rung (or before the median rule)")
+    p.add_argument("--eta", type=float, default=3.0, help="ASHA's reduction factor")
+    p.add_argument("--concurrency", type=int, default=4, metavar="C", help="configurations running at once")
+    p.add_argument("--max-configs", type=int, default=None, metavar="N")
+    p.add_argument("--budget-worker-seconds", type=float, default=None, metavar="S")
+    p.add_argument("--budget-dollars", type=float, default=None, metavar="USD")
+    p.add_argument("--workers", type=int, default=2, help="workers of each configuration (unless searched)")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--minibatch", type=int, default=256)
+    p.add_argument("--eval-interval", type=float, default=2.0, metavar="S",
+                   help="seconds between live held-out evaluations, what early stopping decides on")
+    _add_executor_args(p, concurrency=False)  # each configuration's executor: its workers and its evaluator
+
     p = command("generate", cmd_generate, "write a synthetic Criteo-format data set")
     p.add_argument("--output", required=True, metavar="URI")
     p.add_argument("--rows", type=int, default=200_000)
@@ -361,8 +445,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tune_kill_parser() -> argparse.ArgumentParser:
+    """``tune kill RUN [CONFIG]``, which lives beside ``tune --data ...``."""
+    parser = argparse.ArgumentParser(prog="cirrus-airflow tune kill",
+                                     description="stop one configuration of a running search, or all of it")
+    parser.add_argument("run", metavar="RUN", help="the search's output folder")
+    parser.add_argument("config", nargs="?", default=None, metavar="CONFIG", help="a configuration id (default: all)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.set_defaults(func=cmd_tune_kill, command="tune kill")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    kill = argv[:2] == ["tune", "kill"]
+    args = _tune_kill_parser().parse_args(argv[2:]) if kill else build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     progress = _Progress()
@@ -386,7 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
-        print(format_table(result) if "rows_read" in result or "test_auc" in result else json.dumps(result, indent=1))
+        print(format_search(result) if "configs" in result else format_table(result) if "rows_read" in result
+              or "test_auc" in result or "model_uri" in result else json.dumps(result, indent=1))
     return 0
 
 

@@ -68,3 +68,16 @@ def progress_line(point: dict) -> str:
     held_out = f"  held-out loss={point['test_loss']:.4f}" if "test_loss" in point else ""
     return (f"t={point['t']:.1f}s  updates={point['updates']:,}  "
             f"loss={'n/a' if loss is None else f'{loss:.4f}'}{held_out}")
+
+
+def format_search(results: Mapping) -> str:
+    """A search's configurations, one a line, the best marked."""
+    best = (results.get("best") or {}).get("id")
+    lines = [f"  {'':1} {'configuration':<14}{'status':<15}{results.get('metric', 'metric'):>13}{'worker-s':>10}  params"]
+    for c in results["configs"]:
+        metric = "-" if c["metric"] is None else f"{c['metric']:.4f}"
+        params = ", ".join(f"{k}={v}" for k, v in c["params"].items())
+        lines.append(f"  {'*' if c['id'] == best else ' '} {c['id']:<14}{c['status']:<15}{metric:>13}"
+                     f"{c['worker_seconds']:>10.1f}  {params}")
+    lines.append(f"  worker-seconds in all: {results['worker_seconds_total']:.1f}")
+    return "\n".join(lines)

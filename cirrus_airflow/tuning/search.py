@@ -11,7 +11,9 @@ cleanly: nothing new starts, and what runs is stopped.
 Everything lands under ``<output>/``: each configuration's run under
 ``configs/<id>/`` with a ``status.json`` written when it ends, and ``results.json``
 (every configuration, the best one) written last. A retried search reads the statuses
-and runs only the configurations that have none.
+and runs only the configurations that have none. Another process stops a configuration
+(or all, ``all``) by writing ``<output>/_kill/<id>``, which the search reads every second
+(``request_kill``: the command line's ``tune kill``, the dashboard's button).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ps_service.launcher import start_local_server
 log = logging.getLogger(__name__)
 
 RESOURCES = ("seconds", "examples")
+KILL_FOLDER = "_kill"
 FINISHED, STOPPED_EARLY, KILLED, FAILED, OVER_BUDGET = "finished", "stopped_early", "killed", "failed", "over_budget"
 # The run-level settings of a configuration's TrainConfig that the search owns.
 _OWNED = ("data", "output", "model", "ps_address", "ps_token")
@@ -134,6 +137,7 @@ class Search:
                 for future in done:
                     running.pop(future)
                 self._check_budgets()
+                self._read_kill_requests()
         for trial in self.trials:  # never started: beyond a budget, or the search was cancelled
             if trial.status is None:
                 trial.status = KILLED if self._cancelled.is_set() else OVER_BUDGET
@@ -194,6 +198,15 @@ class Search:
             for trial in self.trials:
                 trial.stop(OVER_BUDGET)
 
+    def _read_kill_requests(self) -> None:
+        for uri in self.storage.list(join(self.output, KILL_FOLDER)):
+            name = uri.rsplit("/", 1)[-1]
+            log.info("kill requested for %s", "every configuration" if name == "all" else name)
+            self.kill(None if name == "all" else name)
+            if name == "all":
+                self._cancelled.set()
+            self.storage.delete(uri)
+
     def _load_finished(self) -> None:
         """A retried search keeps the configurations that ended before (their status is written)."""
         for trial in self.trials:
@@ -227,6 +240,16 @@ class Search:
         token = secrets.token_urlsafe(24)
         with start_local_server(token=token, shards=self.config.ps_shards) as server:
             yield server.address, token
+
+
+def request_kill(storage: Storage, output: str, trial_id: str | None = None) -> str:
+    """Ask the search running under ``output`` to stop one configuration (None: all of it)."""
+    output = normalize(output)
+    if trial_id is not None and "/" in trial_id:
+        raise ValueError(f"a configuration id has no '/', got {trial_id!r}")
+    uri = join(output, KILL_FOLDER, trial_id or "all")
+    storage.write_text(uri, "")
+    return uri
 
 
 class Trial:

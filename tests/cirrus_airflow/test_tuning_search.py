@@ -3,13 +3,16 @@ parameter server, the hopeless ones stopped early, budgets end the search, a ret
 what finished, and a kill stops one configuration."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from cirrus_airflow.datasets import write_synthetic_ratings
 from cirrus_airflow.preprocess import PreprocessConfig, run_preprocess
 from cirrus_airflow.storage import Storage
-from cirrus_airflow.tuning.search import Search, TuneConfig
+from cirrus_airflow.tuning.search import Search, TuneConfig, request_kill
 from cirrus_airflow.tuning.space import grid
 
 BASE = {"workers": 1, "factors": 4, "epochs": 40, "eval_interval_s": 0.1, "eval_rows": 1000, "poll_interval_s": 0.05}
@@ -92,3 +95,32 @@ def test_bad_searches_are_refused_before_anything_runs(shards, tmp_path, executo
         _search(shards, tmp_path, executors, resource="epochs")
     with pytest.raises(ValueError, match="learning_rate must be a positive number"):
         _search(shards, tmp_path, executors, configs=[{"learning_rate": -1.0}])
+
+
+def test_a_kill_request_from_another_process_stops_the_search(shards, tmp_path, executors):
+    search = _search(shards, tmp_path / "tune", executors, early_stopping="none", concurrency=1)
+    search.progress = lambda point: request_kill(Storage(), str(tmp_path / "tune"))  # `tune kill RUN`
+    results = search.run()
+    assert [c["status"] for c in results["configs"]] == ["killed"] * 4
+    assert len(executors.made) == 1 and not list((tmp_path / "tune" / "_kill").iterdir())
+
+
+def test_the_command_line_tunes_with_a_grid_and_prints_json(shards, tmp_path):
+    cli = Path(sys.executable).with_name("cirrus-airflow")
+    out = tmp_path / "tune"
+    run = subprocess.run([str(cli), "tune", "--data", str(shards), "--model", "mf", "--output", str(out),
+                          "--grid", "learning_rate=0.05,0.1", "--grid", "factors=2", "--concurrency", "2",
+                          "--workers", "1", "--epochs", "2", "--early-stopping", "none", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert [c["params"] for c in result["configs"]] == [{"learning_rate": 0.05, "factors": 2},
+                                                       {"learning_rate": 0.1, "factors": 2}]
+    assert {c["status"] for c in result["configs"]} == {"finished"} and result["worker_seconds_total"] > 0
+    assert result["best"]["metric"] == min(c["metric"] for c in result["configs"])
+    kill = subprocess.run([str(cli), "tune", "kill", str(out), result["best"]["id"], "--json"],
+                          capture_output=True, text=True, timeout=60)
+    assert kill.returncode == 0 and (out / "_kill" / result["best"]["id"]).exists()
+    bad = subprocess.run([str(cli), "tune", "--data", str(shards), "--output", str(out), "--grid", "colour=red"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "'colour' is not a parameter a search can vary" in bad.stderr
