@@ -188,7 +188,7 @@ def _tune_configs(args: argparse.Namespace) -> list[dict]:
 
 
 def cmd_tune(args: argparse.Namespace, progress: _Progress) -> dict:
-    from cirrus_airflow.tuning.search import Search, TuneConfig
+    from cirrus_airflow.tuning.search import Search, TuneConfig, executors_for
 
     base = {"workers": args.workers, "epochs": args.epochs, "eval_interval_s": args.eval_interval,
             "minibatch": args.minibatch}
@@ -197,16 +197,12 @@ def cmd_tune(args: argparse.Namespace, progress: _Progress) -> dict:
                         concurrency=args.concurrency, max_configs=args.max_configs,
                         budget_worker_seconds=args.budget_worker_seconds, budget_dollars=args.budget_dollars)
 
-    def executors(params: dict) -> ServerlessExecutor:
-        workers = int(params.get("workers", args.workers))
-        return ExecutorSettings(kind=args.executor, function_name=args.function_name,
-                                memory_mb=int(params.get("worker_memory_mb", args.worker_memory)),
-                                timeout_s=args.worker_timeout, concurrency=workers + 1).build()
-
     def show(point: dict) -> None:
         progress.line(f"tune  {point['config']}  {progress_line(point)}")
 
-    search = Search(config, storage=Storage(), executors=executors, progress=show)
+    settings = ExecutorSettings(kind=args.executor, function_name=args.function_name, memory_mb=args.worker_memory,
+                                timeout_s=args.worker_timeout)
+    search = Search(config, storage=Storage(), executors=executors_for(settings), progress=show)
     try:
         results = search.run()
     except KeyboardInterrupt:

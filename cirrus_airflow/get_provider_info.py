@@ -20,7 +20,7 @@ def get_provider_info() -> dict:
         "operators": [
             {
                 "integration-name": "Cirrus",
-                "python-modules": ["operators.preprocess", "operators.train", "operators.generate"],
+                "python-modules": ["operators.preprocess", "operators.train", "operators.tune", "operators.generate"],
             }
         ],
         "triggers": [

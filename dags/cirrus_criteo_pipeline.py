@@ -1,4 +1,5 @@
-"""Click-through prediction, the Cirrus way: preprocess, then train on serverless workers.
+"""Click-through prediction, the Cirrus way: preprocess, train on serverless workers, then
+search the learning rate with many trainings at once, the hopeless ones stopped early.
 
 Out of the box the DAG runs on a laptop: it generates a Criteo-shaped click log,
 the embedded Lambda runtime does the work, and everything lands under ``root``.
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Param
 
-from operators import CirrusPreprocessOperator, CirrusSyntheticDataOperator, CirrusTrainOperator
+from operators import CirrusPreprocessOperator, CirrusSyntheticDataOperator, CirrusTrainOperator, CirrusTuneOperator
 
 DEFAULT_ROOT = os.environ.get("CIRRUS_DEMO_ROOT", str(Path.home() / "cirrus-airflow-demo"))
 DEMO_ROWS = int(os.environ.get("CIRRUS_DEMO_ROWS", "200000"))
@@ -24,7 +25,7 @@ WORKERS = int(os.environ.get("CIRRUS_DEMO_WORKERS", "4"))
 
 with DAG(
     dag_id="cirrus_criteo_pipeline",
-    description="Criteo-style CTR: preprocess into shards, train logistic regression on serverless workers",
+    description="Criteo-style CTR: preprocess into shards, train logistic regression on serverless workers, tune it",
     schedule=None,
     start_date=datetime(2026, 1, 1),
     catchup=False,
@@ -59,4 +60,16 @@ with DAG(
         time_budget_s=600,
         deferrable=True,  # training is driven from the triggerer: no worker slot held while it runs
     )
-    clicks >> shards >> model
+    search = CirrusTuneOperator(
+        task_id="tune",
+        data_uri="{{ params.root }}/shards",
+        output_uri="{{ params.root }}/tunes/{{ run_id | replace(':', '-') | replace('+', '_') }}",
+        search_space={"learning_rate": [0.01, 0.1, 0.5]},
+        base={"workers": 2, "epochs": 2, "eval_interval_s": 1.0},
+        early_stopping="asha",
+        grace=2.0,  # seconds of training before the first rung
+        concurrency=3,
+        budget_worker_seconds=3600,
+        deferrable=True,
+    )
+    clicks >> shards >> model >> search

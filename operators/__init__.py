@@ -4,5 +4,6 @@
 from operators.generate import CirrusSyntheticDataOperator
 from operators.preprocess import CirrusPreprocessOperator
 from operators.train import CirrusTrainOperator
+from operators.tune import CirrusTuneOperator
 
-__all__ = ["CirrusPreprocessOperator", "CirrusSyntheticDataOperator", "CirrusTrainOperator"]
+__all__ = ["CirrusPreprocessOperator", "CirrusSyntheticDataOperator", "CirrusTrainOperator", "CirrusTuneOperator"]

@@ -22,6 +22,7 @@ from cirrus_airflow.preprocess import PreprocessConfig, PreprocessError, run_pre
 from cirrus_airflow.report import progress_line
 from cirrus_airflow.storage import StorageError
 from cirrus_airflow.training import TrainConfig, TrainingError, TrainingJob
+from cirrus_airflow.tuning.search import Search, TuneConfig, executors_for
 
 
 class PreprocessTrigger(BaseTrigger):
@@ -170,6 +171,61 @@ class TrainTrigger(BaseTrigger):
             return {"status": "bad_input", "message": str(exc)}
         except (TrainingError, InvocationError) as exc:
             return {"status": "failed", "message": str(exc)}
+
+
+class TuneTrigger(BaseTrigger):
+    """Runs a hyperparameter search from the triggerer: its trainings, their early stopping,
+    its budgets; the task log gets the count of configurations by status per poll
+    interval. Cancelling the trigger stops every configuration (each keeps its model)."""
+
+    def __init__(self, *, config: dict, settings: dict, aws_conn_id: str | None, poll_interval_s: float = 10.0) -> None:
+        super().__init__()
+        self.config = config
+        self.settings = settings
+        self.aws_conn_id = aws_conn_id
+        self.poll_interval_s = poll_interval_s
+
+    @classmethod
+    def for_run(cls, config: TuneConfig, settings: ExecutorSettings, aws_conn_id: str | None) -> TuneTrigger:
+        return cls(config=_jsonable(asdict(config)), settings=asdict(settings), aws_conn_id=aws_conn_id)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {"config": self.config, "settings": self.settings, "aws_conn_id": self.aws_conn_id,
+             "poll_interval_s": self.poll_interval_s},
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        run = _Cancellable()
+        searches: list[Search] = []
+        job = asyncio.ensure_future(asyncio.to_thread(self._run, run, searches))
+        try:
+            while not job.done():
+                await asyncio.wait([job], timeout=self.poll_interval_s)
+                if searches:
+                    states: dict[str, int] = {}
+                    for trial in searches[0].trials:
+                        state = trial.status or ("running" if trial.live else "waiting")
+                        states[state] = states.get(state, 0) + 1
+                    self.log.info("configurations: %s", states)
+        except asyncio.CancelledError:
+            self.log.info("trigger cancelled: stopping every configuration of the search")
+            run.cancel()
+            raise
+        yield TriggerEvent(job.result())
+
+    def _run(self, run: _Cancellable, searches: list) -> dict:
+        """The whole search, on a thread; failures come back as an event, never as a triggerer crash."""
+        settings = ExecutorSettings(**self.settings)
+        hook = CirrusHook(aws_conn_id=self.aws_conn_id, settings=settings)
+        try:
+            search = Search(TuneConfig(**self.config), storage=hook.get_storage(), executors=executors_for(settings))
+            searches.append(search)
+            run.attach(search)
+            return {"status": "success", "results": search.run()}
+        except (ValueError, StorageError) as exc:
+            return {"status": "bad_input", "message": str(exc)}
 
 
 def _jsonable(value: Any) -> Any:

@@ -27,10 +27,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from cirrus_airflow.executor import ServerlessExecutor
+from cirrus_airflow.executor import ExecutorSettings, ServerlessExecutor
 from cirrus_airflow.storage import Storage, StorageError, join, normalize
 from cirrus_airflow.training import TrainConfig, TrainingJob
 from cirrus_airflow.tuning import early_stopping
@@ -88,6 +88,16 @@ class TuneConfig:
         settings = {k: v for k, v in {**self.base, **params}.items() if k != "worker_memory_mb"}
         return TrainConfig(data=self.data, output=output, model=self.model, ps_address=ps_address,
                            ps_token=ps_token, **settings)
+
+
+def executors_for(settings: ExecutorSettings) -> ExecutorFactory:
+    """Each configuration's executor, as ``settings`` say but sized for it: its workers and
+    its live evaluator at once, and its worker memory if the search varies it."""
+    def make(params: dict) -> ServerlessExecutor:
+        workers = int(params.get("workers", TrainConfig.workers))
+        memory = int(params.get("worker_memory_mb", settings.memory_mb))
+        return replace(settings, memory_mb=memory, concurrency=workers + 1).build()
+    return make
 
 
 def config_id(index: int, params: dict) -> str:

@@ -21,7 +21,7 @@ def test_dags_import_without_errors():
     bag = DagBag(dag_folder=str(DAGS), safe_mode=False)
     assert bag.import_errors == {}
     dag = bag.dags["cirrus_criteo_pipeline"]
-    assert [t.task_id for t in dag.topological_sort()] == ["generate_clicks", "preprocess", "train"]
+    assert [t.task_id for t in dag.topological_sort()] == ["generate_clicks", "preprocess", "train", "tune"]
     assert dag.params["root"]
     dag = bag.dags["cirrus_movielens_pipeline"]
     assert [t.task_id for t in dag.topological_sort()] == ["generate_ratings", "preprocess", "train"]
@@ -60,6 +60,10 @@ def test_criteo_pipeline_runs_in_airflow_and_beats_the_base_rate(airflow_env):
     assert summary["test_logloss"] < summary["baseline_logloss"] - 0.02
     assert summary["test_auc"] > 0.68
     assert Path(summary["model_uri"], "weights.npy").exists()
+    (results_file,) = (data / "tunes").glob("*/results.json")
+    results = json.loads(results_file.read_text())
+    assert len(results["configs"]) == 3 and results["best"]["params"]["learning_rate"] in (0.01, 0.1, 0.5)
+    assert {c["status"] for c in results["configs"]} <= {"finished", "stopped_early"}
 
 
 def test_movielens_pipeline_runs_in_airflow_and_beats_the_mean_rating(airflow_env):

@@ -1,0 +1,87 @@
+"""CirrusTuneOperator: validated at construction, runs the search in the task or from the
+triggerer (deferrable), and returns a small XCom with the best configuration."""
+
+import asyncio
+import importlib
+import json
+
+import pytest
+
+from cirrus_airflow.datasets import write_synthetic_ratings
+from cirrus_airflow.executor import ExecutorSettings
+from cirrus_airflow.preprocess import PreprocessConfig, run_preprocess
+from cirrus_airflow.storage import Storage
+from operators import CirrusTuneOperator
+from operators import triggers as triggers_module
+from operators import tune as tune_module
+
+BASE = {"workers": 1, "factors": 2, "epochs": 2, "eval_interval_s": 0.2, "poll_interval_s": 0.05}
+
+
+@pytest.fixture
+def shards(tmp_path, inline_executor):
+    write_synthetic_ratings(Storage(), str(tmp_path / "ratings.csv"), users=80, items=150, rows=5000, seed=4)
+    run_preprocess(PreprocessConfig(inputs=[str(tmp_path / "ratings.csv")], output=str(tmp_path / "shards"),
+                                    format="ratings", workers=2, row_group_rows=500, shard_rows=2000),
+                   storage=Storage(), executor=inline_executor)
+    return tmp_path / "shards"
+
+
+@pytest.fixture
+def inline(inline_executor, monkeypatch):
+    """Every configuration's executor runs the handler in-process; storage is local."""
+    kind = type(inline_executor)
+
+    def executors_for(settings):
+        return lambda params: kind(max_concurrency=2)
+
+    class Hook:
+        def __init__(self, **kwargs):
+            self.settings = ExecutorSettings()
+
+        def get_storage(self):
+            return Storage()
+
+    monkeypatch.setattr(tune_module, "executors_for", executors_for)
+    monkeypatch.setattr(triggers_module, "executors_for", executors_for)
+    monkeypatch.setattr(triggers_module, "CirrusHook", Hook)
+    monkeypatch.setattr(CirrusTuneOperator, "hook", property(lambda self: Hook()))
+
+
+def _operator(shards, out, **kw):
+    return CirrusTuneOperator(task_id="tune", data_uri=str(shards), output_uri=str(out), model="mf",
+                              search_space={"learning_rate": [0.02, 0.1]}, base=BASE, early_stopping="none",
+                              concurrency=2, **kw)
+
+
+def test_the_search_runs_in_the_task_and_returns_the_best_configuration(shards, tmp_path, inline):
+    summary = _operator(shards, tmp_path / "tune").execute({})
+    assert summary["configs"] == 2 and summary["statuses"] == {"finished": 2}
+    assert summary["best"]["params"]["learning_rate"] in (0.02, 0.1) and summary["best"]["model_uri"]
+    results = json.loads((tmp_path / "tune" / "results.json").read_text())
+    assert summary["best"]["metric"] == min(c["metric"] for c in results["configs"])
+    assert len(json.dumps(summary)) < 2000  # a small XCom; results.json has every configuration
+
+
+def test_deferred_the_trigger_runs_the_search_and_the_task_reports_it(shards, tmp_path, inline):
+    op = _operator(shards, tmp_path / "tune", deferrable=True)
+    trigger = triggers_module.TuneTrigger.for_run(op._config(), ExecutorSettings(), None)
+    classpath, kwargs = trigger.serialize()
+    module, name = classpath.rsplit(".", 1)
+    assert getattr(importlib.import_module(module), name)(**kwargs).serialize() == (classpath, kwargs)
+    trigger.poll_interval_s = 0.05
+
+    async def first():
+        async for event in trigger.run():
+            return event.payload
+
+    event = asyncio.run(first())
+    assert event["status"] == "success"
+    assert op.execute_complete({}, event)["statuses"] == {"finished": 2}
+
+
+def test_a_bad_search_fails_when_the_dag_is_parsed(tmp_path):
+    with pytest.raises(ValueError, match="'colour' is not a parameter a search can vary"):
+        CirrusTuneOperator(task_id="t", data_uri="d", output_uri="o", search_space={"colour": ["red"]})
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        CirrusTuneOperator(task_id="t", data_uri="d", output_uri="o", search_space={"l2": [0]}, strategy="bayes")
