@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench import preprocess, ps, quality, train
+from bench import preprocess, ps, quality, train, tune
 
 
 def main() -> None:
@@ -14,6 +14,7 @@ def main() -> None:
     preprocess.main(["--rows", "100000"] if args.quick else [])
     train.main(["--rows", "100000"] if args.quick else [])
     quality.main([])
+    tune.main(["--rows", "50000", "--epochs", "3"] if args.quick else [])
     ps.main(["--quick"] if args.quick else [])
 
 

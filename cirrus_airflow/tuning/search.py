@@ -30,6 +30,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from cirrus_airflow.executor import ExecutorSettings, ServerlessExecutor
 from cirrus_airflow.storage import Storage, StorageError, join, normalize
 from cirrus_airflow.training import TrainConfig, TrainingJob
@@ -64,6 +66,7 @@ class TuneConfig:
     budget_worker_seconds: float | None = None
     budget_dollars: float | None = None
     ps_shards: int = 1
+    seed: int = 0  # of the launch order
 
     def validate(self) -> None:
         if not self.configs:
@@ -133,7 +136,10 @@ class Search:
     def run(self) -> dict:
         cfg = self.config
         self._load_finished()
-        todo = [t for t in self.trials if t.status is None][: self._slots_left()]
+        # Launched in a seeded random order: a grid lists similar configurations together, and
+        # the first ones at a rung always go on, so grid order would let a run of bad ones climb.
+        order = np.random.default_rng(cfg.seed).permutation(len(self.trials))
+        todo = [self.trials[i] for i in order if self.trials[i].status is None][: self._slots_left()]
         with self._parameter_server() as (address, token), ThreadPoolExecutor(cfg.concurrency) as pool:
             running: dict[Future, Trial] = {}
             queue = list(todo)

@@ -60,20 +60,22 @@ def test_asha_stops_the_hopeless_configurations_and_the_best_is_a_good_one(shard
 
 def test_a_retry_runs_only_what_had_not_ended(shards, tmp_path, executors):
     first = _search(shards, tmp_path / "tune", executors, early_stopping="none", max_configs=2).run()
-    assert [c["status"] for c in first["configs"]] == ["finished", "finished", "over_budget", "over_budget"]
+    assert sorted(c["status"] for c in first["configs"]) == ["finished", "finished", "over_budget", "over_budget"]
+    ran = {c["id"]: c["metric"] for c in first["configs"] if c["status"] == "finished"}
     executors.made.clear()
     again = _search(shards, tmp_path / "tune", executors, early_stopping="none").run()
-    assert len(executors.made) == 2  # the two that had not run
+    ran_params = [c["params"] for c in first["configs"] if c["status"] == "finished"]
+    assert len(executors.made) == 2 and not [p for p in executors.made if p in ran_params]  # only the others
     assert [c["status"] for c in again["configs"]] == ["finished"] * 4
-    assert again["configs"][0]["metric"] == first["configs"][0]["metric"]
+    assert {c["id"]: c["metric"] for c in again["configs"] if c["id"] in ran} == ran
 
 
 def test_a_worker_seconds_budget_ends_the_search_cleanly(shards, tmp_path, executors):
     results = _search(shards, tmp_path / "tune", executors, early_stopping="none", concurrency=1,
                       budget_worker_seconds=0.01).run()
-    statuses = [c["status"] for c in results["configs"]]
-    assert statuses[0] in ("finished", "over_budget") and statuses[1:] == ["over_budget"] * 3
-    assert len(executors.made) == 1
+    statuses = sorted(c["status"] for c in results["configs"])
+    assert statuses in (["finished"] + ["over_budget"] * 3, ["over_budget"] * 4)
+    assert len(executors.made) == 1  # the first to run used up the budget: nothing else started
 
 
 def test_a_killed_configuration_ends_as_killed_and_keeps_its_model(shards, tmp_path, executors):
@@ -99,7 +101,13 @@ def test_bad_searches_are_refused_before_anything_runs(shards, tmp_path, executo
 
 def test_a_kill_request_from_another_process_stops_the_search(shards, tmp_path, executors):
     search = _search(shards, tmp_path / "tune", executors, early_stopping="none", concurrency=1)
-    search.progress = lambda point: request_kill(Storage(), str(tmp_path / "tune"))  # `tune kill RUN`
+    asked = []
+
+    def kill_once(point):  # `tune kill RUN` from another process, once
+        if not asked:
+            asked.append(request_kill(Storage(), str(tmp_path / "tune")))
+
+    search.progress = kill_once
     results = search.run()
     assert [c["status"] for c in results["configs"]] == ["killed"] * 4
     assert len(executors.made) == 1 and not list((tmp_path / "tune" / "_kill").iterdir())
