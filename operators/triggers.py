@@ -25,7 +25,56 @@ from cirrus_airflow.training import TrainConfig, TrainingError, TrainingJob
 from cirrus_airflow.tuning.search import Search, TuneConfig, executors_for
 
 
-class PreprocessTrigger(BaseTrigger):
+class _DriverTrigger(BaseTrigger):
+    """A driver on a thread of the triggerer: ``_run(run, state)`` drives the run (attaching
+    what cancels it to ``run``) and returns the event; ``_log_progress(state)`` logs its progress
+    every ``poll_interval_s``. Subclasses name their extra kwargs in ``_extra``."""
+
+    _extra: tuple[str, ...] = ()
+    _cancelled_message = "trigger cancelled: stopping what the run started"
+
+    def __init__(self, *, config: dict, settings: dict, aws_conn_id: str | None, poll_interval_s: float = 5.0,
+                 **extra: Any) -> None:
+        super().__init__()
+        unknown = set(extra) - set(self._extra)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown arguments {sorted(unknown)}")
+        self.config, self.settings, self.aws_conn_id = config, settings, aws_conn_id
+        self.poll_interval_s = poll_interval_s
+        for name in self._extra:
+            setattr(self, name, extra.get(name))
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        names = ("config", "settings", "aws_conn_id", "poll_interval_s", *self._extra)
+        return f"{type(self).__module__}.{type(self).__qualname__}", {n: getattr(self, n) for n in names}
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        run, state = _Cancellable(), self._new_state()
+        job = asyncio.ensure_future(asyncio.to_thread(self._run, run, state))
+        try:
+            while not job.done():
+                await asyncio.wait([job], timeout=self.poll_interval_s)
+                self._log_progress(state)
+        except asyncio.CancelledError:
+            self.log.info("%s", self._cancelled_message)
+            run.cancel()
+            raise
+        yield TriggerEvent(job.result())
+
+    def _hook(self) -> CirrusHook:
+        return CirrusHook(aws_conn_id=self.aws_conn_id, settings=ExecutorSettings(**self.settings))
+
+    def _new_state(self) -> Any:
+        return {}
+
+    def _log_progress(self, state: Any) -> None:
+        raise NotImplementedError
+
+    def _run(self, run: _Cancellable, state: Any) -> dict:
+        raise NotImplementedError
+
+
+class PreprocessTrigger(_DriverTrigger):
     """Drives a preprocessing run's fan-out and waits for it.
 
     The driver's own work is light (plan splits, merge statistics, write the manifest);
@@ -35,51 +84,32 @@ class PreprocessTrigger(BaseTrigger):
     trigger (the task is killed or times out) cancels the invocations.
     """
 
-    def __init__(self, *, config: dict, settings: dict, aws_conn_id: str | None, poll_interval_s: float = 5.0) -> None:
-        super().__init__()
-        self.config = config
-        self.settings = settings
-        self.aws_conn_id = aws_conn_id
-        self.poll_interval_s = poll_interval_s
+    _cancelled_message = "trigger cancelled: cancelling the preprocessing invocations"
 
     @classmethod
-    def for_run(cls, config: PreprocessConfig, settings: ExecutorSettings, aws_conn_id: str | None) -> PreprocessTrigger:
+    def for_run(cls, config: PreprocessConfig, settings: ExecutorSettings,
+                aws_conn_id: str | None) -> PreprocessTrigger:
         return cls(config=_jsonable(asdict(config)), settings=asdict(settings), aws_conn_id=aws_conn_id)
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {"config": self.config, "settings": self.settings, "aws_conn_id": self.aws_conn_id,
-             "poll_interval_s": self.poll_interval_s},
-        )
+    def _new_state(self) -> dict:
+        return {"progress": {}, "logged": {}}  # stage -> (done, total), now and as last logged
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        run = _Cancellable()
-        progress: dict[str, tuple[int, int]] = {}
-        logged: dict[str, tuple[int, int]] = {}
-        job = asyncio.ensure_future(asyncio.to_thread(self._run, run, progress))
-        try:
-            while not job.done():
-                await asyncio.wait([job], timeout=self.poll_interval_s)
-                for stage, state in list(progress.items()):
-                    if logged.get(stage) != state:
-                        self.log.info("%s: %d/%d done", stage, *state)
-                        logged[stage] = state
-        except asyncio.CancelledError:
-            self.log.info("trigger cancelled: cancelling the preprocessing invocations")
-            run.cancel()
-            raise
-        yield TriggerEvent(job.result())
+    def _log_progress(self, state: dict) -> None:
+        for stage, done_total in list(state["progress"].items()):
+            if state["logged"].get(stage) != done_total:
+                self.log.info("%s: %d/%d done", stage, *done_total)
+                state["logged"][stage] = done_total
 
-    def _run(self, run: _Cancellable, progress: dict) -> dict:
+    def _run(self, run: _Cancellable, state: dict) -> dict:
         """The whole driver, on a thread; failures come back as an event, never as a triggerer crash."""
         config = PreprocessConfig(**self.config)
-        hook = CirrusHook(aws_conn_id=self.aws_conn_id, settings=ExecutorSettings(**self.settings))
+        hook = self._hook()
         try:
             with hook.get_executor() as executor:
                 run.attach(executor)
                 summary = run_preprocess(config, storage=hook.get_storage(), executor=executor,
-                                         progress=lambda stage, done, total: progress.__setitem__(stage, (done, total)))
+                                         progress=lambda stage, done, total: state["progress"].__setitem__(
+                                             stage, (done, total)))
             return {"status": "success", "summary": summary}
         except (PreprocessError, ValueError, StorageError) as exc:
             return {"status": "bad_input", "message": str(exc)}
@@ -87,10 +117,89 @@ class PreprocessTrigger(BaseTrigger):
             return {"status": "failed", "message": str(exc)}
 
 
+class TrainTrigger(_DriverTrigger):
+    """Drives a training run and waits for it: the workers' fan-out, their handovers and
+    replacements, the live evaluations, all decided by polling futures and the parameter
+    server's status. No worker slot is held while the model trains; the task log gets a
+    progress line per poll interval. The run's own parameter server is started here, by the
+    triggerer, and stopped when the run ends or the trigger is cancelled. A triggerer that
+    restarts runs this again on the same output, which resumes the run from its checkpoint.
+    """
+
+    _extra = ("ps_conn_id",)
+    _cancelled_message = "trigger cancelled: stopping the training workers and the parameter server"
+
+    @classmethod
+    def for_run(cls, config: TrainConfig, settings: ExecutorSettings, aws_conn_id: str | None,
+                ps_conn_id: str | None) -> TrainTrigger:
+        """The server's address and token stay in its connection, not in the trigger's kwargs."""
+        doc = {k: v for k, v in asdict(config).items() if k not in ("ps_address", "ps_token")}
+        return cls(config=_jsonable(doc), settings=asdict(settings), aws_conn_id=aws_conn_id, ps_conn_id=ps_conn_id,
+                   poll_interval_s=10.0)
+
+    def _new_state(self) -> list:
+        return []  # the curve's points
+
+    def _log_progress(self, points: list) -> None:
+        if points:
+            self.log.info("%s", progress_line(points[-1]))
+
+    def _run(self, run: _Cancellable, points: list) -> dict:
+        """The whole driver, on a thread; failures come back as an event, never as a triggerer crash."""
+        address, token = ParameterServerHook(self.ps_conn_id).get_conn() if self.ps_conn_id else (None, None)
+        config = TrainConfig(**self.config, ps_address=address, ps_token=token)
+        hook = self._hook()
+        try:
+            with hook.get_executor() as executor:
+                job = TrainingJob(config, storage=hook.get_storage(), executor=executor, progress=points.append)
+                run.attach(job)
+                return {"status": "success", "summary": job.run()}
+        except (ValueError, StorageError) as exc:
+            return {"status": "bad_input", "message": str(exc)}
+        except (TrainingError, InvocationError) as exc:
+            return {"status": "failed", "message": str(exc)}
+
+
+class TuneTrigger(_DriverTrigger):
+    """Runs a hyperparameter search from the triggerer: its trainings, their early stopping,
+    its budgets; the task log gets the count of configurations by status per poll
+    interval. Cancelling the trigger stops every configuration (each keeps its model)."""
+
+    _cancelled_message = "trigger cancelled: stopping every configuration of the search"
+
+    @classmethod
+    def for_run(cls, config: TuneConfig, settings: ExecutorSettings, aws_conn_id: str | None) -> TuneTrigger:
+        return cls(config=_jsonable(asdict(config)), settings=asdict(settings), aws_conn_id=aws_conn_id,
+                   poll_interval_s=10.0)
+
+    def _new_state(self) -> list:
+        return []  # the search, once made
+
+    def _log_progress(self, searches: list) -> None:
+        if searches:
+            states: dict[str, int] = {}
+            for trial in searches[0].trials:
+                state = trial.status or ("running" if trial.live else "waiting")
+                states[state] = states.get(state, 0) + 1
+            self.log.info("configurations: %s", states)
+
+    def _run(self, run: _Cancellable, searches: list) -> dict:
+        """The whole search, on a thread; failures come back as an event, never as a triggerer crash."""
+        hook = self._hook()
+        try:
+            search = Search(TuneConfig(**self.config), storage=hook.get_storage(),
+                            executors=executors_for(ExecutorSettings(**self.settings)))
+            searches.append(search)
+            run.attach(search)
+            return {"status": "success", "results": search.run()}
+        except (ValueError, StorageError) as exc:
+            return {"status": "bad_input", "message": str(exc)}
+
+
 class _Cancellable:
-    """What a run on another thread stops with (its executor, or its training job),
-    cancellable before it even exists: a cancel that comes first is applied the moment
-    the target is attached."""
+    """What a run on another thread stops with (its executor, its training job, its
+    search), cancellable before it even exists: a cancel that comes first is applied the
+    moment the target is attached."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -108,124 +217,6 @@ class _Cancellable:
             self._cancelled = True
             if self._target is not None:
                 self._target.cancel()
-
-
-class TrainTrigger(BaseTrigger):
-    """Drives a training run and waits for it: the workers' fan-out, their handovers and
-    replacements, the live evaluations, all decided by polling futures and the parameter
-    server's status. No worker slot is held while the model trains; the task log gets a
-    progress line per poll interval. The run's own parameter server is started here, by the
-    triggerer, and stopped when the run ends or the trigger is cancelled. A triggerer that
-    restarts runs this again on the same output, which resumes the run from its checkpoint.
-    """
-
-    def __init__(self, *, config: dict, settings: dict, aws_conn_id: str | None, ps_conn_id: str | None = None,
-                 poll_interval_s: float = 10.0) -> None:
-        super().__init__()
-        self.config = config
-        self.settings = settings
-        self.aws_conn_id = aws_conn_id
-        self.ps_conn_id = ps_conn_id
-        self.poll_interval_s = poll_interval_s
-
-    @classmethod
-    def for_run(cls, config: TrainConfig, settings: ExecutorSettings, aws_conn_id: str | None,
-                ps_conn_id: str | None) -> TrainTrigger:
-        """The server's address and token stay in its connection, not in the trigger's kwargs."""
-        doc = {k: v for k, v in asdict(config).items() if k not in ("ps_address", "ps_token")}
-        return cls(config=_jsonable(doc), settings=asdict(settings), aws_conn_id=aws_conn_id, ps_conn_id=ps_conn_id)
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {"config": self.config, "settings": self.settings, "aws_conn_id": self.aws_conn_id,
-             "ps_conn_id": self.ps_conn_id, "poll_interval_s": self.poll_interval_s},
-        )
-
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        run = _Cancellable()
-        points: list[dict] = []
-        job = asyncio.ensure_future(asyncio.to_thread(self._run, run, points))
-        try:
-            while not job.done():
-                await asyncio.wait([job], timeout=self.poll_interval_s)
-                if points:
-                    self.log.info("%s", progress_line(points[-1]))
-        except asyncio.CancelledError:
-            self.log.info("trigger cancelled: stopping the training workers and the parameter server")
-            run.cancel()
-            raise
-        yield TriggerEvent(job.result())
-
-    def _run(self, run: _Cancellable, points: list) -> dict:
-        """The whole driver, on a thread; failures come back as an event, never as a triggerer crash."""
-        address, token = ParameterServerHook(self.ps_conn_id).get_conn() if self.ps_conn_id else (None, None)
-        config = TrainConfig(**self.config, ps_address=address, ps_token=token)
-        hook = CirrusHook(aws_conn_id=self.aws_conn_id, settings=ExecutorSettings(**self.settings))
-        try:
-            with hook.get_executor() as executor:
-                job = TrainingJob(config, storage=hook.get_storage(), executor=executor, progress=points.append)
-                run.attach(job)
-                return {"status": "success", "summary": job.run()}
-        except (ValueError, StorageError) as exc:
-            return {"status": "bad_input", "message": str(exc)}
-        except (TrainingError, InvocationError) as exc:
-            return {"status": "failed", "message": str(exc)}
-
-
-class TuneTrigger(BaseTrigger):
-    """Runs a hyperparameter search from the triggerer: its trainings, their early stopping,
-    its budgets; the task log gets the count of configurations by status per poll
-    interval. Cancelling the trigger stops every configuration (each keeps its model)."""
-
-    def __init__(self, *, config: dict, settings: dict, aws_conn_id: str | None, poll_interval_s: float = 10.0) -> None:
-        super().__init__()
-        self.config = config
-        self.settings = settings
-        self.aws_conn_id = aws_conn_id
-        self.poll_interval_s = poll_interval_s
-
-    @classmethod
-    def for_run(cls, config: TuneConfig, settings: ExecutorSettings, aws_conn_id: str | None) -> TuneTrigger:
-        return cls(config=_jsonable(asdict(config)), settings=asdict(settings), aws_conn_id=aws_conn_id)
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {"config": self.config, "settings": self.settings, "aws_conn_id": self.aws_conn_id,
-             "poll_interval_s": self.poll_interval_s},
-        )
-
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        run = _Cancellable()
-        searches: list[Search] = []
-        job = asyncio.ensure_future(asyncio.to_thread(self._run, run, searches))
-        try:
-            while not job.done():
-                await asyncio.wait([job], timeout=self.poll_interval_s)
-                if searches:
-                    states: dict[str, int] = {}
-                    for trial in searches[0].trials:
-                        state = trial.status or ("running" if trial.live else "waiting")
-                        states[state] = states.get(state, 0) + 1
-                    self.log.info("configurations: %s", states)
-        except asyncio.CancelledError:
-            self.log.info("trigger cancelled: stopping every configuration of the search")
-            run.cancel()
-            raise
-        yield TriggerEvent(job.result())
-
-    def _run(self, run: _Cancellable, searches: list) -> dict:
-        """The whole search, on a thread; failures come back as an event, never as a triggerer crash."""
-        settings = ExecutorSettings(**self.settings)
-        hook = CirrusHook(aws_conn_id=self.aws_conn_id, settings=settings)
-        try:
-            search = Search(TuneConfig(**self.config), storage=hook.get_storage(), executors=executors_for(settings))
-            searches.append(search)
-            run.attach(search)
-            return {"status": "success", "results": search.run()}
-        except (ValueError, StorageError) as exc:
-            return {"status": "bad_input", "message": str(exc)}
 
 
 def _jsonable(value: Any) -> Any:

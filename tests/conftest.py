@@ -66,6 +66,25 @@ def inline_executor():
 
 
 @pytest.fixture
+def ratings_shards(tmp_path, inline_executor):
+    """Makes ratings shards from generated ratings (a hidden low-rank model): small, quick
+    inputs for matrix factorisation, training runs and searches."""
+    from cirrus_airflow.datasets import write_synthetic_ratings
+    from cirrus_airflow.preprocess import PreprocessConfig, run_preprocess
+    from cirrus_airflow.storage import Storage
+
+    def make(*, users: int = 100, items: int = 200, rows: int = 6000, seed: int = 1) -> Path:
+        raw, out = tmp_path / f"ratings-{seed}.csv", tmp_path / f"shards-{seed}"
+        write_synthetic_ratings(Storage(), str(raw), users=users, items=items, rows=rows, seed=seed)
+        run_preprocess(PreprocessConfig(inputs=[str(raw)], output=str(out), format="ratings", workers=2,
+                                        row_group_rows=500, shard_rows=max(500, rows // 4)),
+                       storage=Storage(), executor=inline_executor)
+        return out
+
+    return make
+
+
+@pytest.fixture
 def evaluating_executor():
     """Two workers and, beside them, the live evaluator of a training run."""
     with InlineExecutor(max_concurrency=3) as executor:

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from cirrus_airflow.datasets import write_synthetic_ratings
-from cirrus_airflow.preprocess import PreprocessConfig, run_preprocess
 from cirrus_airflow.storage import Storage
 from cirrus_airflow.tuning.search import Search, TuneConfig, request_kill
 from cirrus_airflow.tuning.space import grid
@@ -19,12 +17,8 @@ BASE = {"workers": 1, "factors": 4, "epochs": 40, "eval_interval_s": 0.1, "eval_
 
 
 @pytest.fixture
-def shards(tmp_path, inline_executor):
-    write_synthetic_ratings(Storage(), str(tmp_path / "ratings.csv"), users=150, items=300, rows=12_000, seed=2)
-    run_preprocess(PreprocessConfig(inputs=[str(tmp_path / "ratings.csv")], output=str(tmp_path / "shards"),
-                                    format="ratings", workers=2, row_group_rows=500, shard_rows=3000),
-                   storage=Storage(), executor=inline_executor)
-    return tmp_path / "shards"
+def shards(ratings_shards):
+    return ratings_shards(users=150, items=300, rows=12_000, seed=2)
 
 
 @pytest.fixture

@@ -10,9 +10,7 @@ import threading
 
 import pytest
 
-from cirrus_airflow.datasets import write_synthetic_ratings
 from cirrus_airflow.executor import ExecutorSettings
-from cirrus_airflow.preprocess import PreprocessConfig, run_preprocess
 from cirrus_airflow.storage import Storage
 from cirrus_airflow.training import TrainConfig, TrainingError
 from operators import CirrusTrainOperator
@@ -20,12 +18,8 @@ from operators import triggers as triggers_module
 
 
 @pytest.fixture
-def shards(tmp_path, inline_executor):
-    write_synthetic_ratings(Storage(), str(tmp_path / "ratings.csv"), users=100, items=200, rows=6000, seed=1)
-    run_preprocess(PreprocessConfig(inputs=[str(tmp_path / "ratings.csv")], output=str(tmp_path / "shards"),
-                                    format="ratings", workers=2, row_group_rows=500, shard_rows=2000),
-                   storage=Storage(), executor=inline_executor)
-    return tmp_path / "shards"
+def shards(ratings_shards):
+    return ratings_shards()
 
 
 @pytest.fixture

@@ -7,9 +7,7 @@ import json
 
 import pytest
 
-from cirrus_airflow.datasets import write_synthetic_ratings
 from cirrus_airflow.executor import ExecutorSettings
-from cirrus_airflow.preprocess import PreprocessConfig, run_preprocess
 from cirrus_airflow.storage import Storage
 from operators import CirrusTuneOperator
 from operators import triggers as triggers_module
@@ -19,12 +17,8 @@ BASE = {"workers": 1, "factors": 2, "epochs": 2, "eval_interval_s": 0.2, "poll_i
 
 
 @pytest.fixture
-def shards(tmp_path, inline_executor):
-    write_synthetic_ratings(Storage(), str(tmp_path / "ratings.csv"), users=80, items=150, rows=5000, seed=4)
-    run_preprocess(PreprocessConfig(inputs=[str(tmp_path / "ratings.csv")], output=str(tmp_path / "shards"),
-                                    format="ratings", workers=2, row_group_rows=500, shard_rows=2000),
-                   storage=Storage(), executor=inline_executor)
-    return tmp_path / "shards"
+def shards(ratings_shards):
+    return ratings_shards(users=80, items=150, rows=5000, seed=4)
 
 
 @pytest.fixture
