@@ -208,10 +208,7 @@ def cmd_tune(args: argparse.Namespace, progress: _Progress) -> dict:
     except KeyboardInterrupt:
         search.cancel()
         raise
-    return {**results, "configs": [{k: c[k] for k in ("id", "params", "status", "metric", "worker_seconds",
-                                                       "cost_usd", "model_uri")} for c in results["configs"]],
-            "best": None if results["best"] is None else {k: v for k, v in results["best"].items()
-                                                          if k not in ("summary", "curve")}}
+    return _search_summary(results)
 
 
 def cmd_tune_kill(args: argparse.Namespace, progress: _Progress) -> dict:
@@ -246,10 +243,22 @@ def cmd_demo(args: argparse.Namespace, progress: _Progress) -> dict:
 
 
 def cmd_report(args: argparse.Namespace, progress: _Progress) -> dict:
-    try:
-        return json.loads(Storage().read_text(join(args.run, "summary.json")))
-    except StorageError:
-        raise StorageError(f"no summary.json under {args.run}: is it the output of a finished training run?") from None
+    storage = Storage()
+    for name, shown in (("summary.json", lambda doc: doc), ("results.json", _search_summary)):
+        try:
+            return shown(json.loads(storage.read_text(join(args.run, name))))
+        except StorageError:
+            continue
+    raise StorageError(f"no summary.json or results.json under {args.run}: is it the output of a finished training "
+                       "run or search?")
+
+
+def _search_summary(results: dict) -> dict:
+    """A search's results without each configuration's whole summary and curve."""
+    return {**results, "configs": [{k: c[k] for k in ("id", "params", "status", "metric", "worker_seconds",
+                                                      "cost_usd", "model_uri")} for c in results["configs"]],
+            "best": None if results["best"] is None else {k: v for k, v in results["best"].items()
+                                                          if k not in ("summary", "curve")}}
 
 
 def cmd_ps_serve(args: argparse.Namespace, progress: _Progress) -> None:
@@ -421,8 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _add_executor_args(p)
 
-    p = command("report", cmd_report, "show the summary of a finished training run")
-    p.add_argument("run", metavar="URI", help="the training output folder")
+    p = command("report", cmd_report, "show the summary of a finished training run or search")
+    p.add_argument("run", metavar="URI", help="the output folder of a training run or of a search")
 
     ps = sub.add_parser("ps", help="the parameter server").add_subparsers(dest="ps_command", required=True)
     p = ps.add_parser("serve", help="run a parameter server (or a sharded group) in the foreground",

@@ -28,3 +28,8 @@ run=$(ls -td "$CIRRUS_DEMO_ROOT"/runs/*/ | head -n 1)
 echo
 echo "==> result of $run"
 cirrus-airflow report "$run"
+
+search=$(ls -td "$CIRRUS_DEMO_ROOT"/tunes/*/ | head -n 1)
+echo
+echo "==> search of $search (* the best)"
+cirrus-airflow report "$search"
