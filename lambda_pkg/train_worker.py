@@ -83,7 +83,7 @@ def worker_task(event: dict, context: Any) -> dict:
         loop = _Loop(ps, table, lambda rows: registry.minibatch(model, params, rows), journal, worker,
                      report_every=max(1, int(event.get("report_every", 20))))
         with _heartbeats(ps, float(event.get("heartbeat_s", HEARTBEAT_S))), contextlib.closing(batches):
-            status, position = loop.run(batches, lambda: _stop_reason(ps, context, deadline, margin_ms))
+            status, position = loop.run(batches, lambda: _stop_reason(ps, context, deadline, margin_ms), start)
         ps.deregister("handover" if status == "handover" else "finished")
     journal.note(position, loop.stats, final=True)
     stats = loop.stats
@@ -118,9 +118,10 @@ class _Loop:
         self.stats = {"examples": 0, "updates": 0, "loss_sum": 0.0}
         self.window = {"examples": 0, "loss_sum": 0.0}
 
-    def run(self, batches: Iterator, stop_reason: Any) -> tuple[str, Position | None]:
+    def run(self, batches: Iterator, stop_reason: Any, start: Position) -> tuple[str, Position | None]:
         """Train until the work is done or ``stop_reason()`` says why not; returns the status
-        and the position to resume from (None: all done)."""
+        and the position to resume from (None: all done): after the last step trained."""
+        trained = start
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ps-request") as network:
             current = self._step(next(batches, None))
             if current is None:
@@ -137,8 +138,8 @@ class _Loop:
                 if in_flight is not None:
                     in_flight.result()  # the previous push reached the server (or raises its error)
                 reason = None if ahead is None else stop_reason()
-                if reason == "stopped":  # drop this step: the run is over
-                    return reason, current.following
+                if reason == "stopped":  # drop this step, which a resumed run will train
+                    return reason, trained
                 if reason:
                     after = None  # read ahead, not trained: the next generation starts at this step's end
                 if after is None:
@@ -152,10 +153,11 @@ class _Loop:
                                                    after.batch.keys)
                     in_flight = after.weights
                 self._account(current, loss_sum, last=ahead is None or reason is not None)
+                trained = current.following
                 if ahead is None:
                     return "done", None
                 if reason:
-                    return reason, current.following
+                    return reason, trained
                 current, ahead = ahead, after
 
     def _step(self, item: tuple | None) -> _Step | None:

@@ -1,6 +1,7 @@
 """The worker loop against a real parameter server, with handovers forced by a short
 Lambda time limit."""
 
+import json
 import time
 
 import numpy as np
@@ -133,3 +134,18 @@ def test_a_duplicated_invocation_is_refused_and_does_no_work(tmp_path, server):
                            None)["status"] == "rejected"
         assert worker_task(_event(server, units, worker_id=1, epochs=2, resume=handed["resume"], generation=1),
                            None)["status"] == "done"
+
+
+def test_a_stopped_worker_resumes_at_the_step_it_dropped(tmp_path, server):
+    """The server's stop drops the step in hand: the position returned (and journaled) is
+    the one after the last step trained, so a resumed run trains that step, none is lost."""
+    units = _shards(tmp_path, n_shards=1, rows=200)
+    with PSClient(server.address, token="t0ken") as client:
+        client.create_table("w3", size=DIM + 1, optimizer="sgd", learning_rate=0.1)
+        client.stop("w3")
+    journal = tmp_path / "journal.json"
+    result = worker_task(_event(server, units, table="w3", epochs=1, progress_uri=str(journal)), None)
+    assert result["status"] == "stopped" and result["examples"] <= 20
+    saved = json.loads(journal.read_text())
+    assert saved["examples"] == result["examples"]
+    assert saved["position"] == {"epoch": 0, "unit": 0, "batch": result["updates"]}
