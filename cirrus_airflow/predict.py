@@ -49,7 +49,6 @@ from cirrus_airflow.models.registry import factor_model
 from cirrus_airflow.preprocess import InputFile, PreprocessError, describe_inputs, expand_inputs
 from cirrus_airflow.rejects import write_rejects
 from cirrus_airflow.storage import Storage, join, normalize
-from cirrus_airflow.transforms.sparse import SparseTransform
 from cirrus_airflow.transforms.workspace import Workspace
 
 SUMMARY_NAME = "_summary.json"
@@ -243,9 +242,7 @@ class _ClickScorer:
     def usable(self, block: ParsedBlock, data: bytes, first_line: int) -> Any:
         """The rows the fitted transform can take: a LIBSVM row with an index outside the
         training feature space joins the block's rejected rows, as in preprocessing."""
-        if isinstance(self.transform, SparseTransform):
-            return self.transform.usable(block, data, first_line)
-        return block.rows
+        return self.transform.usable(block, data, first_line)
 
     def predict(self, rows: Any) -> dict[str, np.ndarray]:
         features = self.transform.apply(rows)

@@ -211,8 +211,9 @@ class TrainingJob:
             log.warning("only %d row groups to train on: using %d workers instead of %d", len(units), workers,
                         cfg.workers)
         summary_uri = join(output, "summary.json")
-        progress, checkpoint = join(output, "_progress"), join(output, "_checkpoint")
-        previous = self._previous_attempt(output, _fingerprint(cfg, workers), finished=summary_uri)
+        progress, checkpoint = _journals(output), join(output, "_checkpoint")
+        fingerprint = _fingerprint(cfg, workers)
+        previous = self._previous_attempt(output, fingerprint, finished=summary_uri)
         self.storage.delete(summary_uri)  # a summary, when present, describes a finished run
         restore = previous is not None and bool(self.storage.list(checkpoint))
         if not restore:
@@ -221,7 +222,7 @@ class TrainingJob:
                 PSClient(address, token=token) as client:
             self._server = (address, token)
             try:
-                journals = self._start_attempt(client, previous, output, _fingerprint(cfg, workers), progress)
+                journals = self._start_attempt(client, previous, output, fingerprint, progress)
                 client.create_table(self.table, **plan.table_options(), seed=cfg.seed, optimizer=cfg.optimizer,
                                     learning_rate=cfg.learning_rate, l2=cfg.effective_l2)
                 started = time.time()
@@ -231,7 +232,7 @@ class TrainingJob:
                     "minibatch": cfg.minibatch, "epochs": cfg.epochs, "seed": cfg.seed,
                     "report_every": cfg.report_every, "handover_margin_ms": int(cfg.handover_margin_s * 1000),
                     # several heartbeats inside the silence that gets a worker replaced
-                    "heartbeat_s": min(5.0, cfg.worker_silence_s / 4), "progress_prefix": progress,
+                    "heartbeat_s": min(5.0, cfg.worker_silence_s / 4),
                     "progress_interval_s": min(5.0, cfg.worker_silence_s / 4),
                     "deadline": None if cfg.time_budget_s is None else started + cfg.time_budget_s,
                 }
@@ -312,7 +313,7 @@ class TrainingJob:
             return None
         if state.get("fingerprint") != fingerprint or self.storage.exists(finished):
             return None
-        journals = [json.loads(self.storage.read_text(uri)) for uri in self.storage.list(join(output, "_progress"))]
+        journals = [json.loads(self.storage.read_text(uri)) for uri in self.storage.list(_journals(output))]
         return {"table": state["table"], "journals": {int(j["worker"]): j for j in journals}}
 
     def _start_attempt(self, client: PSClient, previous: dict | None, output: str, fingerprint: dict,
@@ -519,6 +520,7 @@ class _Fleet:
                  config: TrainConfig, journals: dict[int, dict]) -> None:
         self.executor, self.storage, self.base_event, self.shares = executor, storage, base_event, shares
         self.silence_s, self.max_replacements = config.worker_silence_s, config.max_replacements
+        self.journals = _journals(normalize(config.output))
         self.running: dict[Future, _Invocation] = {}
         self.replaced = [0] * len(shares)
         self.totals = {"examples": 0, "updates": 0, "invocations": 0, "worker_seconds": 0.0, "loss_sum": 0.0,
@@ -590,7 +592,7 @@ class _Fleet:
         self.launch(inv.worker, inv.generation + 1, resume)
 
     def _journal(self, worker: int) -> str:
-        return join(self.base_event["progress_prefix"], f"worker-{worker:05d}.json")
+        return join(self.journals, f"worker-{worker:05d}.json")
 
     def _read_journal(self, inv: _Invocation) -> dict | None:
         """The failed generation's last journal entry; None if it never wrote one."""
@@ -622,6 +624,11 @@ def _baseline(test: registry.Metrics, manifest: Manifest, plan: ModelPlan) -> di
         return {"baseline_rmse": test.constant_rmse(plan.params["mean"])}
     train_rate = manifest.label_stats.get("train_positive_rate", test.positive_rate)
     return {"baseline_logloss": constant_log_loss(train_rate, test.positive_rate)}
+
+
+def _journals(output: str) -> str:
+    """Where the workers of a run write where they are (see ``lambda_pkg.train_worker``)."""
+    return join(output, "_progress")
 
 
 def _copy_transform_files(storage: Storage, data: str, model_uri: str) -> None:

@@ -29,7 +29,6 @@ from cirrus_airflow.input_formats import InputFormat, input_format, transform_fr
 from cirrus_airflow.rejects import relocate_rejects, write_rejects
 from cirrus_airflow.shards import SparseRows
 from cirrus_airflow.storage import Storage, join
-from cirrus_airflow.transforms.sparse import SparseTransform
 from cirrus_airflow.transforms.workspace import Workspace
 
 
@@ -92,7 +91,7 @@ def transform_task(event: dict, context: Any) -> dict:
     transform = transform_from_json(event["transform"]).load(workspace)
     result = _Tally()
     for b, block, data, first_line in _blocks(event, storage, fmt, first_line=event["first_line"]):
-        rows = transform.usable(block, data, first_line) if isinstance(transform, SparseTransform) else block.rows
+        rows = transform.usable(block, data, first_line)
         key = f"{event['index']:05d}-{b:04d}"
         result.write_rejects(storage, event, block, key)
         test = _test_mask(rows, event)

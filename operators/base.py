@@ -59,6 +59,18 @@ class CirrusBaseOperator(BaseOperator):
         kind = self.serverless_executor or configured_executor_kind()
         return CirrusHook(aws_conn_id=self.aws_conn_id, settings=self._settings(kind))
 
+    @staticmethod
+    def _trigger_result(event: dict, key: str, *, what: str, bad_input: type[Exception] = ValueError,
+                        failed: type[Exception] = RuntimeError) -> Any:
+        """What a trigger's event carries under ``key``, or the error it reports: bad input
+        (the user's to fix) or a failed run."""
+        status = event.get("status")
+        if status == "bad_input":
+            raise bad_input(event["message"])
+        if status != "success":
+            raise failed(f"{what} failed: {event.get('message', event)}")
+        return event[key]
+
     def _cancellable(self, cancel: Callable[[], None] | None) -> None:
         """Remember how to stop the work in flight (``None`` once it is over)."""
         self._cancel = cancel

@@ -151,12 +151,8 @@ class CirrusPreprocessOperator(CirrusBaseOperator):
 
     def execute_complete(self, context: Any, event: dict) -> dict:
         """Resume after the trigger: its event carries the summary, or why the run failed."""
-        status = event.get("status")
-        if status == "bad_input":
-            raise PreprocessError(event["message"])
-        if status != "success":
-            raise RuntimeError(f"preprocessing failed: {event.get('message', event)}")
-        return self._report(context, event["summary"])
+        return self._report(context, self._trigger_result(event, "summary", what="preprocessing",
+                                                          bad_input=PreprocessError))
 
     def _report(self, context: Any, summary: dict) -> dict:
         self.log.info(

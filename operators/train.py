@@ -149,12 +149,7 @@ class CirrusTrainOperator(CirrusBaseOperator):
 
     def execute_complete(self, context: Any, event: dict) -> dict:
         """Resume after the trigger: its event carries the summary, or why the run failed."""
-        status = event.get("status")
-        if status == "bad_input":
-            raise ValueError(event["message"])
-        if status != "success":
-            raise TrainingError(f"training failed: {event.get('message', event)}")
-        return self._report(event["summary"])
+        return self._report(self._trigger_result(event, "summary", what="training", failed=TrainingError))
 
     def _report(self, summary: dict) -> dict:
         self.log.info("training finished:\n%s", format_table(summary))

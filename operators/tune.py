@@ -110,11 +110,7 @@ class CirrusTuneOperator(CirrusBaseOperator):
 
     def execute_complete(self, context: Any, event: dict) -> dict:
         """Resume after the trigger: its event carries the results, or why the search failed."""
-        if event.get("status") == "bad_input":
-            raise ValueError(event["message"])
-        if event.get("status") != "success":
-            raise RuntimeError(f"the search failed: {event.get('message', event)}")
-        return self._report(event["results"])
+        return self._report(self._trigger_result(event, "results", what="the search"))
 
     def _report(self, results: dict) -> dict:
         summary = small_summary(results)

@@ -7,6 +7,8 @@ three steps, which is what lets one driver fan out any format:
                in the JSON result, large ones (bucket counts, id lists) in side files;
 ``fit``        (driver) merge the summaries into a fitted transform, writing what is too
                large for the manifest under ``<output>/transform/``;
+``usable``     the parsed rows of a block it can take (LIBSVM: rows whose indices fall in
+               the fitted feature space; the others join the block's rejected rows);
 ``apply``      (worker, pass 2) rows to an Arrow table of the shard schema.
 
 A family with ``finishes_after_shuffle`` (tabular) splits ``apply`` in two:

@@ -79,6 +79,10 @@ class RatingsTransform:
                for name, path in _FILES.items()}
         return replace(self, _ids=ids)
 
+    def usable(self, block, data: bytes, first_line: int):
+        """The rows it can take: every parsed row (an id the fit did not see cannot occur)."""
+        return block.rows
+
     def apply(self, rows) -> pa.Table:
         if self._ids is None:
             raise ValueError("RatingsTransform.apply needs the id mappings (call fit or load first)")

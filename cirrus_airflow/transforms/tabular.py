@@ -140,6 +140,10 @@ class TabularTransform:
         packed = workspace.read_array(workspace.artifact_uri(self.frequent_file))
         return replace(self, _frequent=np.unpackbits(packed, count=1 << self.hash_bits).astype(bool))
 
+    def usable(self, block, data: bytes, first_line: int) -> TabularRows:
+        """The rows it can take: every parsed row (the parser has set the bad ones aside)."""
+        return block.rows
+
     # -- after the fit: features before the shuffle, the fitted part after it ---------------------------------
 
     def apply(self, rows: TabularRows) -> SparseRows:

@@ -52,6 +52,13 @@ def test_asha_stops_the_hopeless_configurations_and_the_best_is_a_good_one(shard
     assert all((tmp_path / "tune" / "configs" / c["id"] / "status.json").exists() for c in saved["configs"])
 
 
+def test_asha_can_count_examples_instead_of_seconds(shards, tmp_path, executors):
+    results = _search(shards, tmp_path / "tune", executors, resource="examples", grace=3000, eta=2,
+                      concurrency=2).run()
+    assert "stopped_early" in {c["status"] for c in results["configs"]}
+    assert results["best"]["params"]["learning_rate"] in (0.1, 0.05)
+
+
 def test_a_retry_runs_only_what_had_not_ended(shards, tmp_path, executors):
     first = _search(shards, tmp_path / "tune", executors, early_stopping="none", max_configs=2).run()
     assert sorted(c["status"] for c in first["configs"]) == ["finished", "finished", "over_budget", "over_budget"]
@@ -64,9 +71,9 @@ def test_a_retry_runs_only_what_had_not_ended(shards, tmp_path, executors):
     assert {c["id"]: c["metric"] for c in again["configs"] if c["id"] in ran} == ran
 
 
-def test_a_worker_seconds_budget_ends_the_search_cleanly(shards, tmp_path, executors):
-    results = _search(shards, tmp_path / "tune", executors, early_stopping="none", concurrency=1,
-                      budget_worker_seconds=0.01).run()
+@pytest.mark.parametrize("budget", [{"budget_worker_seconds": 0.01}, {"budget_dollars": 1e-9}])
+def test_a_budget_ends_the_search_cleanly(shards, tmp_path, executors, budget):
+    results = _search(shards, tmp_path / "tune", executors, early_stopping="none", concurrency=1, **budget).run()
     statuses = sorted(c["status"] for c in results["configs"])
     assert statuses in (["finished"] + ["over_budget"] * 3, ["over_budget"] * 4)
     assert len(executors.made) == 1  # the first to run used up the budget: nothing else started
