@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: install demo test bench clean
+.PHONY: install browser demo test bench clean
 
 install: $(STAMP)
 
@@ -19,7 +19,11 @@ $(STAMP): setup.cfg pyproject.toml
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" ./scripts/demo.sh
 
-test: install
+# The dashboard's test drives a real browser: Debian's Chromium.
+browser:
+	./scripts/install-browser.sh
+
+test: install browser
 	$(BIN)/pytest -q
 
 # The benchmarks also need their baselines' packages (the bench extra: Redis).

@@ -41,6 +41,6 @@ def get_provider_info() -> dict:
                 "hook-class-name": "cirrus_airflow.hooks.ParameterServerHook",
             }
         ],
-        "extra-links": ["cirrus_airflow.links.CirrusOutputLink"],
+        "extra-links": ["cirrus_airflow.links.CirrusOutputLink", "cirrus_airflow.links.CirrusDashboardLink"],
         "plugins": [{"name": "cirrus", "plugin-class": "cirrus_airflow.plugin.CirrusPlugin"}],
     }

@@ -296,13 +296,19 @@ class TrainingJob:
         checkpoints = 0 if cfg.ps_address else cfg.ps_shards * int(train_seconds // cfg.checkpoint_interval_s + 1)
         return Usage(
             worker_seconds=outcome["worker_seconds"] + evaluation_seconds * final_invocations,
-            memory_mb=getattr(self.executor, "memory_mb", None) or DEFAULT_MEMORY_MB,
+            memory_mb=self._memory_mb(),
             invocations=outcome["invocations"] + final_invocations,
-            ps_instances=1 if cfg.ps_address else cfg.ps_shards,
+            ps_instances=self._ps_instances(),
             ps_seconds=train_seconds,
             s3_gets=outcome["storage_gets"] + live * (live_groups + 1) + test_groups + test_shards,
             s3_puts=outcome["storage_puts"] + checkpoints + 4 + len(self.storage.list(join(data, TRANSFORM))),
         )
+
+    def _memory_mb(self) -> int:
+        return getattr(self.executor, "memory_mb", None) or DEFAULT_MEMORY_MB
+
+    def _ps_instances(self) -> int:
+        return 1 if self.config.ps_address else self.config.ps_shards
 
     def _previous_attempt(self, output: str, fingerprint: dict, *, finished: str) -> dict | None:
         """An earlier attempt of this same run (same output, data and settings) that did not
@@ -414,7 +420,7 @@ class TrainingJob:
             status = client.status()
             if stopped_by == "epochs":
                 fleet.replace_silent(status, self.table)
-            curve.append(self._poll(status, started, held_out))
+            curve.append(self._poll(status, started, held_out, fleet))
         totals = fleet.totals
         return {
             **totals,
@@ -424,10 +430,12 @@ class TrainingJob:
             "stopped_by": stopped_by,
         }
 
-    def _poll(self, status: dict, started: float, held_out: dict | None) -> dict:
+    def _poll(self, status: dict, started: float, held_out: dict | None, fleet: _Fleet) -> dict:
         """One point of the live curve: updates so far, the mean training loss of the
-        reports that arrived since the previous point (by the server's clock), and the
-        held-out metrics of an evaluation that ended since."""
+        reports that arrived since the previous point (by the server's clock), the held-out
+        metrics of an evaluation that ended since, and worker-seconds and dollars so far
+        (so that a search's budgets and the dashboard's loss-against-cost plot see a
+        configuration's spending while it runs, not only when it ends)."""
         table = status["tables"].get(self.table, {})
         reports = [r for r in table.get("reports", [])
                    if r["name"] == "train_loss" and r["t"] > self._last_report_t]
@@ -441,6 +449,14 @@ class TrainingJob:
             "examples": count,
             **(held_out or {}),
         }
+        elapsed = time.time() - started
+        worker_seconds = fleet.worker_seconds_so_far()
+        usage = Usage(worker_seconds=worker_seconds, memory_mb=self._memory_mb(),
+                      invocations=fleet.totals["invocations"] + len(fleet.running),
+                      ps_instances=self._ps_instances(), ps_seconds=elapsed,
+                      s3_gets=fleet.totals["storage_gets"], s3_puts=fleet.totals["storage_puts"])
+        point["worker_seconds"] = round(worker_seconds, 3)
+        point["cost_usd"] = estimate(usage)["total_usd"]
         if self.progress is not None:
             self.progress(point)
         return point
@@ -561,6 +577,11 @@ class _Fleet:
             log.warning("worker %d generation %d was refused by the parameter server (%s); "
                         "another invocation holds its work", inv.worker, inv.generation, result["reason"])
         return result["status"]
+
+    def worker_seconds_so_far(self) -> float:
+        """Ended invocations' seconds and the running ones' so far."""
+        now = time.time()
+        return self.totals["worker_seconds"] + sum(now - inv.started for inv in self.running.values())
 
     def replace_silent(self, status: dict, table: str) -> None:
         """Replace every running invocation whose registration has gone without a heartbeat."""

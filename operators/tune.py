@@ -6,6 +6,10 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+from cirrus_airflow.dashboard import registry
+from cirrus_airflow.hooks import CirrusHook
+from cirrus_airflow.links import CirrusDashboardLink, CirrusOutputLink
+from cirrus_airflow.storage import StorageError, normalize
 from cirrus_airflow.tuning.search import Search, TuneConfig, executors_for
 from cirrus_airflow.tuning.space import grid, random_search
 from operators.base import CirrusBaseOperator
@@ -38,12 +42,16 @@ class CirrusTuneOperator(CirrusBaseOperator):
     :param budget_dollars: budget: estimated AWS dollars of every configuration together.
     :param deferrable: run the search from Airflow's triggerer instead of a worker slot.
 
+    The search shows live on the dashboard (the "Tuning" view of the Airflow UI, and this
+    task's "Tuning dashboard" link); ``report.html`` and PNG plots land beside the results.
+
     Returns (XCom) a small summary: the best configuration (parameters, held-out loss,
     model URI), the count of configurations by status, worker-seconds, cost and the URI
     of ``results.json`` (which has every configuration).
     """
 
     template_fields: Sequence[str] = ("data_uri", "output_uri", "serverless_executor", "function_name")
+    operator_extra_links = (CirrusOutputLink(), CirrusDashboardLink())
 
     def __init__(
         self,
@@ -92,6 +100,7 @@ class CirrusTuneOperator(CirrusBaseOperator):
     def execute(self, context: Any) -> dict:
         hook = self.hook
         config = self._config()
+        self._register(context)
         if self.deferrable:
             self.defer(trigger=TuneTrigger.for_run(config, hook.settings, self.aws_conn_id),
                        method_name="execute_complete", timeout=self.execution_timeout or timedelta(days=7))
@@ -107,6 +116,21 @@ class CirrusTuneOperator(CirrusBaseOperator):
         finally:
             self._cancellable(None)
         return self._report(results)
+
+    def _register(self, context: Any) -> None:
+        """List the search on the dashboard; a registry that cannot be written costs the page,
+        not the search."""
+        ti = context["ti"]
+        entry = registry.RunEntry(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id,
+                                  map_index=-1 if ti.map_index is None else ti.map_index,
+                                  output=normalize(self.output_uri), aws_conn_id=self.aws_conn_id)
+        storage = CirrusHook(aws_conn_id=registry.registry_conn_id()).get_storage()
+        try:
+            uri = registry.register(storage, registry.registry_uri(), entry)
+        except (StorageError, OSError) as exc:
+            self.log.warning("could not list this search on the dashboard: %s", exc)
+            return
+        self.log.info("dashboard: %s (registered at %s)", CirrusDashboardLink().get_link(self, ti_key=ti), uri)
 
     def execute_complete(self, context: Any, event: dict) -> dict:
         """Resume after the trigger: its event carries the results, or why the search failed."""

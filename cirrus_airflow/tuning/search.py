@@ -14,6 +14,10 @@ Everything lands under ``<output>/``: each configuration's run under
 and runs only the configurations that have none. Another process stops a configuration
 (or all, ``all``) by writing ``<output>/_kill/<id>``, which the search reads every second
 (``request_kill``: the command line's ``tune kill``, the dashboard's button).
+While it runs, the search rewrites ``<output>/live.json`` (the same document as
+``results.json``, with ``state: running``) whenever a configuration moves on: that is
+what the dashboard shows. At the end, ``report.html`` and PNG plots are written beside
+the results (``cirrus_airflow.dashboard.report``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import numpy as np
 from cirrus_airflow.executor import ExecutorSettings, ServerlessExecutor
 from cirrus_airflow.storage import Storage, StorageError, join, normalize
 from cirrus_airflow.training import TrainConfig, TrainingJob
+from cirrus_airflow.dashboard import report
 from cirrus_airflow.tuning import early_stopping
 from ps_service.launcher import start_local_server
 
@@ -42,6 +47,8 @@ log = logging.getLogger(__name__)
 
 RESOURCES = ("seconds", "examples")
 KILL_FOLDER = "_kill"
+LIVE, RESULTS = "live.json", "results.json"
+RUNNING, DONE = "running", "done"
 FINISHED, STOPPED_EARLY, KILLED, FAILED, OVER_BUDGET = "finished", "stopped_early", "killed", "failed", "over_budget"
 # The run-level settings of a configuration's TrainConfig that the search owns.
 _OWNED = ("data", "output", "model", "ps_address", "ps_token")
@@ -122,6 +129,8 @@ class Search:
         self._lock = threading.Lock()
         self._cancelled = threading.Event()
         self._over_budget = False
+        self._started_at = time.time()
+        self._published = ""
 
     def kill(self, trial_id: str | None = None) -> None:
         """Stop one configuration (or, with None, every one) as a user asks: it ends as killed."""
@@ -136,6 +145,7 @@ class Search:
     def run(self) -> dict:
         cfg = self.config
         self._load_finished()
+        self.storage.delete_tree(join(self.output, KILL_FOLDER))  # requests were for an earlier attempt
         # Launched in a seeded random order: a grid lists similar configurations together, and
         # the first ones at a rung always go on, so grid order would let a run of bad ones climb.
         order = np.random.default_rng(cfg.seed).permutation(len(self.trials))
@@ -154,6 +164,7 @@ class Search:
                     running.pop(future)
                 self._check_budgets()
                 self._read_kill_requests()
+                self._publish()
         for trial in self.trials:  # never started: beyond a budget, or the search was cancelled
             if trial.status is None:
                 trial.status = KILLED if self._cancelled.is_set() else OVER_BUDGET
@@ -165,15 +176,16 @@ class Search:
         output = join(self.output, "configs", trial.id)
         config = self.config.train_config(trial.params, output, ps_address=address, ps_token=token)
         started = time.monotonic()
+        trial.started_at = time.time()
         examples = 0
 
         def observe(point: dict) -> None:
             nonlocal examples
             examples += point.get("examples") or 0
-            trial.live = {"t": point["t"], "updates": point["updates"], "train_loss": point["train_loss"]}
+            trial.live = {k: point[k] for k in ("t", "updates", "train_loss", "worker_seconds", "cost_usd")}
             if "test_loss" not in point:
                 return
-            trial.curve.append({"t": point["t"], "test_loss": point["test_loss"]})
+            trial.curve.append({"t": point["t"], "test_loss": point["test_loss"], "cost_usd": point["cost_usd"]})
             resource = time.monotonic() - started if self.config.resource == "seconds" else examples
             with self._lock:
                 go_on = self.rule.report(trial.id, resource, point["test_loss"])
@@ -233,21 +245,44 @@ class Search:
             if saved.get("params") == trial.params:
                 trial.restore(saved)
 
-    def _write_results(self) -> dict:
+    def _snapshot(self, state: str) -> dict:
+        """The search as it stands: live.json while it runs, results.json at the end."""
+        cfg = self.config
         configs = [t.to_json() for t in self.trials]
         ranked = [c for c in configs if c["metric"] is not None and c["status"] in (FINISHED, STOPPED_EARLY)]
         best = min(ranked, key=lambda c: c["metric"]) if ranked else None
-        results = {
-            "model": self.config.model,
-            "metric": "test_logloss" if self.config.model == "lr" else "test_rmse",
+        return {
+            "state": state,
+            "model": cfg.model,
+            "metric": "test_logloss" if cfg.model == "lr" else "test_rmse",
             "configs": configs,
             "best": best,
             "worker_seconds_total": sum(c["worker_seconds"] for c in configs),
             "cost_total_usd": sum(c["cost_usd"] for c in configs),
-            "early_stopping": self.config.early_stopping,
-            "results_uri": join(self.output, "results.json"),
+            "early_stopping": cfg.early_stopping,
+            "resource": cfg.resource,
+            "concurrency": cfg.concurrency,
+            "budgets": {"max_configs": cfg.max_configs, "worker_seconds": cfg.budget_worker_seconds,
+                        "dollars": cfg.budget_dollars},
+            "started_at": self._started_at,
+            "output": self.output,
+            "results_uri": join(self.output, RESULTS),
         }
-        self.storage.write_text(results["results_uri"], json.dumps(results, indent=1, sort_keys=True))
+
+    def _publish(self) -> None:
+        """Rewrite live.json if anything moved since the last time (at most once a loop, ~1 s)."""
+        body = json.dumps(self._snapshot(RUNNING), sort_keys=True)
+        if body != self._published:
+            self.storage.write_text(join(self.output, LIVE), body)
+            self._published = body
+
+    def _write_results(self) -> dict:
+        results = self._snapshot(DONE)
+        results["finished_at"] = time.time()
+        text = json.dumps(results, indent=1, sort_keys=True)
+        self.storage.write_text(join(self.output, LIVE), text)
+        self.storage.write_text(results["results_uri"], text)
+        report.write_report(self.storage, self.output, results)
         return results
 
     @contextlib.contextmanager
@@ -278,6 +313,7 @@ class Trial:
         self.error: str | None = None
         self.curve: list[dict] = []
         self.live: dict = {}
+        self.started_at: float | None = None
         self._job: TrainingJob | None = None
         self._stop: str | None = None
         self._lock = threading.Lock()
@@ -305,23 +341,40 @@ class Trial:
 
     def restore(self, saved: dict) -> None:
         self.status, self.summary, self.error = saved["status"], saved.get("summary"), saved.get("error")
-        self.curve = saved.get("curve", [])
+        self.curve, self.started_at = saved.get("curve", []), saved.get("started_at")
 
     @property
     def worker_seconds(self) -> float:
-        """Counted once the configuration has ended (its summary has them)."""
-        return self.summary["worker_seconds"] if self.summary is not None else 0.0
+        """The summary's once the configuration has ended; until then, the live count."""
+        if self.summary is not None:
+            return self.summary["worker_seconds"]
+        return self.live.get("worker_seconds", 0.0)
 
     @property
     def cost(self) -> float:
-        return self.summary["estimated_cost_usd"] if self.summary is not None else 0.0
+        if self.summary is not None:
+            return self.summary["estimated_cost_usd"]
+        return self.live.get("cost_usd", 0.0)
+
+    @property
+    def best_live_loss(self) -> float | None:
+        if self.summary is not None:
+            return self.summary.get("best_test_loss")
+        return min((p["test_loss"] for p in self.curve), default=None)
 
     def to_json(self) -> dict[str, Any]:
         summary = self.summary or {}
         metric = summary.get("test_logloss", summary.get("test_rmse"))
+        if self.status is not None:
+            status = self.status
+        elif self._job is not None:
+            status = "stopping" if self._stop is not None else RUNNING
+        else:
+            status = "pending"
         return {
-            "id": self.id, "params": self.params, "status": self.status or "pending",
-            "metric": metric, "best_live_loss": summary.get("best_test_loss"),
+            "id": self.id, "params": self.params, "status": status, "started_at": self.started_at,
+            "seconds": self.live.get("t"), "latest_loss": self.curve[-1]["test_loss"] if self.curve else None,
+            "metric": metric, "best_live_loss": self.best_live_loss,
             "worker_seconds": self.worker_seconds, "cost_usd": self.cost,
             "model_uri": summary.get("model_uri"), "stopped_by": summary.get("stopped_by"),
             "error": self.error, "summary": self.summary, "curve": self.curve,

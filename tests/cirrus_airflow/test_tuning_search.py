@@ -135,3 +135,38 @@ def test_the_command_line_tunes_with_a_grid_and_prints_json(shards, tmp_path):
     bad = subprocess.run([str(cli), "tune", "--data", str(shards), "--output", str(out), "--grid", "colour=red"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "'colour' is not a parameter a search can vary" in bad.stderr
+
+
+def test_while_it_runs_the_search_publishes_live_state_with_spending(shards, tmp_path, executors):
+    out = tmp_path / "tune"
+    search = _search(shards, out, executors, early_stopping="none", concurrency=1,
+                     configs=[{"learning_rate": 0.05}, {"learning_rate": 0.1}])
+    seen = []
+
+    def look(point):
+        if (out / "live.json").exists():
+            seen.append(json.loads((out / "live.json").read_text()))
+
+    search.progress = look
+    results = search.run()
+    running = [s for s in seen if s["state"] == "running" and s["configs"][0]["curve"]]
+    assert running, "live.json never showed a running configuration with a curve"
+    statuses = {c["status"] for c in running[-1]["configs"]}
+    assert statuses <= {"running", "pending", "finished"} and "running" in statuses
+    live = json.loads((out / "live.json").read_text())
+    assert live["state"] == "done" and live["configs"] == results["configs"]
+    for config in results["configs"]:
+        costs = [p["cost_usd"] for p in config["curve"]]
+        assert costs and costs == sorted(costs) and costs[0] > 0  # spending grows as training goes on
+        assert 0 < costs[-1] <= config["cost_usd"]  # the final figure adds the server and S3
+
+
+def test_a_search_ends_with_a_stand_alone_report_and_plots(shards, tmp_path, executors):
+    out = tmp_path / "tune"
+    results = _search(shards, out, executors, grace=0.3, eta=2, concurrency=2).run()
+    page = (out / "report.html").read_text()
+    assert "<script src" not in page and "<link" not in page  # nothing to fetch: it opens from a file
+    assert "CirrusPage.render" in page and results["best"]["id"] in page
+    for name in ("loss_vs_time.png", "loss_vs_cost.png"):
+        image = (out / name).read_bytes()
+        assert image[:8] == b"\x89PNG\r\n\x1a\n" and len(image) > 10_000

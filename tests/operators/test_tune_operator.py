@@ -4,10 +4,13 @@ triggerer (deferrable), and returns a small XCom with the best configuration."""
 import asyncio
 import importlib
 import json
+from types import SimpleNamespace
 
 import pytest
 
+from cirrus_airflow.dashboard import registry
 from cirrus_airflow.executor import ExecutorSettings
+from cirrus_airflow.links import CirrusDashboardLink
 from cirrus_airflow.storage import Storage
 from operators import CirrusTuneOperator
 from operators import triggers as triggers_module
@@ -42,22 +45,42 @@ def inline(inline_executor, monkeypatch):
     monkeypatch.setattr(CirrusTuneOperator, "hook", property(lambda self: Hook()))
 
 
+@pytest.fixture
+def context(tmp_path, monkeypatch):
+    """A task instance's context, and a dashboard registry of the test's own."""
+    monkeypatch.setenv("AIRFLOW__CIRRUS__DASHBOARD_REGISTRY", str(tmp_path / "registry"))
+    return {"ti": SimpleNamespace(dag_id="dag", run_id="manual__1", task_id="tune", map_index=-1)}
+
+
 def _operator(shards, out, **kw):
     return CirrusTuneOperator(task_id="tune", data_uri=str(shards), output_uri=str(out), model="mf",
                               search_space={"learning_rate": [0.02, 0.1]}, base=BASE, early_stopping="none",
                               concurrency=2, **kw)
 
 
-def test_the_search_runs_in_the_task_and_returns_the_best_configuration(shards, tmp_path, inline):
-    summary = _operator(shards, tmp_path / "tune").execute({})
+def test_the_search_runs_in_the_task_and_returns_the_best_configuration(shards, tmp_path, inline, context):
+    summary = _operator(shards, tmp_path / "tune").execute(context)
     assert summary["configs"] == 2 and summary["statuses"] == {"finished": 2}
     assert summary["best"]["params"]["learning_rate"] in (0.02, 0.1) and summary["best"]["model_uri"]
     results = json.loads((tmp_path / "tune" / "results.json").read_text())
     assert summary["best"]["metric"] == min(c["metric"] for c in results["configs"])
     assert len(json.dumps(summary)) < 2000  # a small XCom; results.json has every configuration
+    assert (tmp_path / "tune" / "report.html").exists()
 
 
-def test_deferred_the_trigger_runs_the_search_and_the_task_reports_it(shards, tmp_path, inline):
+def test_the_search_is_listed_on_the_dashboard_under_its_task_instance(shards, tmp_path, inline, context):
+    op = _operator(shards, tmp_path / "tune", max_configs=1)
+    op.execute(context)
+    (entry,) = registry.list_runs(Storage(), str(tmp_path / "registry"))
+    assert (entry.dag_id, entry.run_id, entry.task_id, entry.output) == ("dag", "manual__1", "tune",
+                                                                        str(tmp_path / "tune"))
+    link = CirrusDashboardLink().get_link(op, ti_key=context["ti"])
+    assert link.endswith(f"/cirrus/runs/{entry.key}")
+    op.execute(context)  # a retry keeps its entry, and so its page
+    assert [e.key for e in registry.list_runs(Storage(), str(tmp_path / "registry"))] == [entry.key]
+
+
+def test_deferred_the_trigger_runs_the_search_and_the_task_reports_it(shards, tmp_path, inline, context):
     op = _operator(shards, tmp_path / "tune", deferrable=True)
     trigger = triggers_module.TuneTrigger.for_run(op._config(), ExecutorSettings(), None)
     classpath, kwargs = trigger.serialize()

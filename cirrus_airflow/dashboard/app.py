@@ -1,0 +1,248 @@
+"""The live tuning dashboard: a FastAPI app that Airflow's API server mounts at ``/cirrus``.
+
+Every route asks Airflow's auth manager, as the UI around it does: the caller is the user
+of the UI's session cookie (or a bearer token), a search is shown only to users who may
+read its DAG's task instances, and only users who may edit them can kill. The kill is a
+JSON POST: the session cookie is SameSite=Lax, and a cross-site form cannot send JSON,
+so another site cannot make a logged-in browser kill a search.
+
+    GET  /cirrus/                       the searches this user may see (the UI's "Tuning" view)
+    GET  /cirrus/runs/{key}             one search: plots and table, redrawn every second
+    GET  /cirrus/api/runs               the same list, as JSON
+    GET  /cirrus/api/runs/{key}         one search's live state (its live.json), as JSON
+    POST /cirrus/api/runs/{key}/kill    {"config": ID} stops one configuration; {"config": null} all
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import BaseModel
+
+from cirrus_airflow.dashboard import registry
+from cirrus_airflow.dashboard.report import embed_json, page
+from cirrus_airflow.storage import Storage, StorageError, join
+from cirrus_airflow.tuning.search import DONE, LIVE, request_kill
+
+LISTED_RUNS = 50  # the index shows the newest searches only
+
+
+def _auth():
+    """Airflow's auth pieces, imported when a request needs them: this module is also
+    imported where no API server runs (the plugin's extra links in workers)."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+    from airflow.api_fastapi.core_api import security
+
+    return get_auth_manager, DagAccessEntity, DagDetails, security
+
+
+async def _user(request: Request) -> Any:
+    """The caller as Airflow's API sees it; 401 without a session or token."""
+    security = _auth()[3]
+    bearer = await security.bearer_scheme(request)
+    return await security.get_user(request, None, bearer)
+
+
+async def _page_user(request: Request) -> Any:
+    """The caller, or None (a page then sends the browser to Airflow's login and back)."""
+    try:
+        return await _user(request)
+    except HTTPException as exc:
+        if exc.status_code in (status.HTTP_401_UNAUTHORIZED, status.HTTP_403_FORBIDDEN):
+            return None
+        raise
+
+
+User = Annotated[Any, Depends(_user)]
+PageUser = Annotated[Any, Depends(_page_user)]
+
+
+def _may(user: Any, entry: registry.RunEntry, method: str) -> bool:
+    get_auth_manager, DagAccessEntity, DagDetails, _ = _auth()
+    return get_auth_manager().is_authorized_dag(method=method, access_entity=DagAccessEntity.TASK_INSTANCE,
+                                                details=DagDetails(id=entry.dag_id), user=user)
+
+
+@functools.lru_cache(maxsize=32)
+def _storage(aws_conn_id: str | None) -> Storage:
+    """One storage (one S3 client) per connection, built through the Amazon provider's hooks."""
+    from cirrus_airflow.hooks import CirrusHook
+
+    return CirrusHook(aws_conn_id=aws_conn_id).get_storage()
+
+
+def _registry_storage() -> Storage:
+    return _storage(registry.registry_conn_id())
+
+
+def _entry(key: str, user: Any, method: str = "GET") -> registry.RunEntry:
+    entry = registry.find(_registry_storage(), registry.registry_uri(), key)
+    # One answer for "no such search" and "not yours to see": the key does not leak the DAG.
+    if entry is None or not _may(user, entry, "GET"):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no tuning run {key!r} that you may see")
+    if method != "GET" and not _may(user, entry, method):
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            f"you may see but not change the task instances of DAG {entry.dag_id!r}")
+    return entry
+
+
+def _live(entry: registry.RunEntry) -> dict:
+    """The search's live.json, with where it comes from; a search that has not published
+    yet is ``starting`` with no configurations."""
+    try:
+        state = json.loads(_storage(entry.aws_conn_id).read_text(join(entry.output, LIVE)))
+    except StorageError:
+        state = {"state": "starting", "configs": [], "best": None, "metric": "", "early_stopping": "",
+                 "worker_seconds_total": 0.0, "cost_total_usd": 0.0}
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"{entry.output}/{LIVE} is not JSON: {exc}") from None
+    return {**state, "run": _describe(entry)}
+
+
+def _describe(entry: registry.RunEntry) -> dict:
+    return {"key": entry.key, "dag_id": entry.dag_id, "run_id": entry.run_id, "task_id": entry.task_id,
+            "map_index": entry.map_index, "output": entry.output, "registered_at": entry.registered_at}
+
+
+def _login(request: Request) -> RedirectResponse:
+    get_auth_manager = _auth()[0]
+    return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)),
+                            status_code=status.HTTP_303_SEE_OTHER)
+
+
+class KillRequest(BaseModel):
+    config: str | None = None  # None: every configuration, and the search ends
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="Cirrus tuning dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index(request: Request, user: PageUser) -> Response:
+        if user is None:
+            return _login(request)
+        return HTMLResponse(page("Tuning runs", _INDEX_SCRIPT, subtitle="Searches by CirrusTuneOperator"))
+
+    @app.get("/runs/{key}", response_class=HTMLResponse)
+    def run_page(key: str, request: Request, user: PageUser) -> Response:
+        if user is None:
+            return _login(request)
+        entry = _entry(key, user)
+        subtitle = f"DAG {entry.dag_id} · run {entry.run_id} · task {entry.task_id} · {entry.output}"
+        script = _RUN_SCRIPT.replace("__KEY__", embed_json(entry.key))
+        return HTMLResponse(page(f"Search {entry.task_id}", script, subtitle=subtitle))
+
+    @app.get("/api/runs")
+    def list_runs(user: User) -> list[dict]:
+        entries = registry.list_runs(_registry_storage(), registry.registry_uri())
+        shown = [e for e in entries if _may(user, e, "GET")][:LISTED_RUNS]
+        out = []
+        for entry in shown:
+            state = _live(entry)
+            statuses: dict[str, int] = {}
+            for config in state["configs"]:
+                statuses[config["status"]] = statuses.get(config["status"], 0) + 1
+            best = state.get("best") or {}
+            out.append({**state["run"], "state": state["state"], "statuses": statuses, "metric": state["metric"],
+                        "best": best.get("metric"), "cost_total_usd": state["cost_total_usd"]})
+        return out
+
+    @app.get("/api/runs/{key}")
+    def run_state(key: str, user: User) -> dict:
+        return _live(_entry(key, user))
+
+    @app.post("/api/runs/{key}/kill", status_code=status.HTTP_202_ACCEPTED)
+    def kill(key: str, body: KillRequest, user: User) -> dict:
+        entry = _entry(key, user, method="PUT")
+        state = _live(entry)
+        if state["state"] == DONE:
+            raise HTTPException(status.HTTP_409_CONFLICT, "the search has ended: there is nothing left to kill")
+        if body.config is not None and body.config not in {c["id"] for c in state["configs"]}:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"the search has no configuration {body.config!r}")
+        uri = request_kill(_storage(entry.aws_conn_id), entry.output, body.config)
+        return {"requested": body.config or "all", "uri": uri}
+
+    return app
+
+
+_INDEX_SCRIPT = """
+(function () {
+  var root = document.getElementById("root"), message = document.getElementById("message");
+  function cell(row, text, cls) { var td = document.createElement("td"); td.textContent = text;
+    if (cls) td.className = cls; row.appendChild(td); return td; }
+  function draw(runs) {
+    while (root.firstChild) root.removeChild(root.firstChild);
+    if (!runs.length) { root.textContent = "No tuning runs yet: a CirrusTuneOperator task registers its search here.";
+      return; }
+    var table = document.createElement("table"); table.id = "runs";
+    var head = document.createElement("tr");
+    ["search", "DAG", "run", "state", "configurations", "best", "cost", "started"].forEach(function (h) {
+      var th = document.createElement("th"); th.textContent = h; head.appendChild(th); });
+    table.appendChild(head);
+    runs.forEach(function (run) {
+      var row = document.createElement("tr"); row.setAttribute("data-run", run.key);
+      var link = document.createElement("a"); link.href = "runs/" + run.key; link.textContent = run.task_id;
+      cell(row, "").appendChild(link);
+      cell(row, run.dag_id); cell(row, run.run_id);
+      cell(row, "").appendChild(Object.assign(document.createElement("span"),
+        {className: "status " + run.state, textContent: run.state}));
+      cell(row, Object.keys(run.statuses).map(function (k) { return run.statuses[k] + " " + k.replace("_", " "); })
+        .join(", "));
+      cell(row, run.best === null ? "–" : run.metric + " " + run.best.toFixed(4), "num");
+      cell(row, "$" + Number(run.cost_total_usd).toPrecision(3), "num");
+      cell(row, new Date(run.registered_at * 1000).toLocaleString());
+      table.appendChild(row);
+    });
+    root.appendChild(table);
+  }
+  function poll() {
+    fetch("api/runs", {credentials: "same-origin", cache: "no-store"})
+      .then(function (r) { if (!r.ok) throw new Error(r.status + " " + r.statusText); return r.json(); })
+      .then(function (runs) { message.textContent = ""; message.className = ""; draw(runs); })
+      .catch(function (e) { message.textContent = "could not load the tuning runs: " + e.message;
+                            message.className = "error"; })
+      .finally(function () { setTimeout(poll, 5000); });
+  }
+  poll();
+})();
+"""
+
+_RUN_SCRIPT = """
+(function () {
+  var key = __KEY__, root = document.getElementById("root"), message = document.getElementById("message");
+  var url = "../api/runs/" + key;
+  function say(text, error) { message.textContent = text; message.className = error ? "error" : ""; }
+  function failed(what) {
+    return function (e) { say(what + ": " + e.message, true); };
+  }
+  function json(r) {
+    if (r.ok) return r.json();
+    return r.json().catch(function () { return {}; }).then(function (body) {
+      throw new Error(body.detail || (r.status + " " + r.statusText)); });
+  }
+  function kill(config) {
+    fetch(url + "/kill", {method: "POST", credentials: "same-origin", headers: {"Content-Type": "application/json"},
+                          body: JSON.stringify({config: config})})
+      .then(json)
+      .then(function () { say("kill requested for " + (config || "every configuration")); })
+      .catch(failed("could not kill"));
+  }
+  function poll() {
+    fetch(url, {credentials: "same-origin", cache: "no-store"})
+      .then(json)
+      .then(function (state) {
+        if (message.textContent.indexOf("could not load") === 0) say("");
+        CirrusPage.render(root, state, {onKill: kill});
+        document.body.setAttribute("data-state", state.state);
+        if (state.state !== "done") setTimeout(poll, 1000);
+      })
+      .catch(function (e) { failed("could not load the search")(e); setTimeout(poll, 3000); });
+  }
+  poll();
+})();
+"""
