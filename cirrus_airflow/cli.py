@@ -212,7 +212,7 @@ def cmd_tune(args: argparse.Namespace, progress: _Progress) -> dict:
 
 
 def cmd_tune_kill(args: argparse.Namespace, progress: _Progress) -> dict:
-    from cirrus_airflow.tuning.search import request_kill
+    from cirrus_airflow.tuning.layout import request_kill
 
     return {"kill_request": request_kill(Storage(), args.run, args.config)}
 

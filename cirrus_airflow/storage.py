@@ -133,10 +133,13 @@ class Storage:
         except IsADirectoryError:
             raise StorageError(f"{uri} is a directory, expected a file") from None
 
-    def write_bytes(self, uri: str, data: bytes) -> None:
+    def write_bytes(self, uri: str, data: bytes, *, content_type: str | None = None) -> None:
+        """``content_type`` is what S3 serves the object as (a report opens in the browser
+        instead of downloading); local files have none."""
         if is_s3(uri):
             loc = parse_s3(uri)
-            self.s3.put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
+            extra = {"ContentType": content_type} if content_type else {}
+            self.s3.put_object(Bucket=loc.bucket, Key=loc.key, Body=data, **extra)
             return
         path = local_path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,8 +153,8 @@ class Storage:
     def read_text(self, uri: str) -> str:
         return self.read_bytes(uri).decode("utf-8")
 
-    def write_text(self, uri: str, text: str) -> None:
-        self.write_bytes(uri, text.encode("utf-8"))
+    def write_text(self, uri: str, text: str, *, content_type: str | None = None) -> None:
+        self.write_bytes(uri, text.encode("utf-8"), content_type=content_type)
 
     def size(self, uri: str) -> int:
         if is_s3(uri):

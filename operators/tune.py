@@ -9,7 +9,7 @@ from typing import Any
 from cirrus_airflow.dashboard import registry
 from cirrus_airflow.hooks import CirrusHook
 from cirrus_airflow.links import CirrusDashboardLink, CirrusOutputLink
-from cirrus_airflow.storage import StorageError, normalize
+from cirrus_airflow.storage import normalize
 from cirrus_airflow.tuning.search import Search, TuneConfig, executors_for
 from cirrus_airflow.tuning.space import grid, random_search
 from operators.base import CirrusBaseOperator
@@ -118,19 +118,23 @@ class CirrusTuneOperator(CirrusBaseOperator):
         return self._report(results)
 
     def _register(self, context: Any) -> None:
-        """List the search on the dashboard; a registry that cannot be written costs the page,
-        not the search."""
+        """List the search on the dashboard, and show the task's dashboard link now: Airflow
+        stores extra links when a task ends, and this one matters while the search runs. A
+        registry that cannot be written costs the page, not the search."""
         ti = context["ti"]
         entry = registry.RunEntry(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id,
                                   map_index=-1 if ti.map_index is None else ti.map_index,
                                   output=normalize(self.output_uri), aws_conn_id=self.aws_conn_id)
-        storage = CirrusHook(aws_conn_id=registry.registry_conn_id()).get_storage()
+        link = CirrusDashboardLink()
+        url = link.get_link(self, ti_key=ti)
         try:
+            storage = CirrusHook(aws_conn_id=registry.registry_conn_id()).get_storage()
             uri = registry.register(storage, registry.registry_uri(), entry)
-        except (StorageError, OSError) as exc:
+            ti.xcom_push(key=link.xcom_key, value=url)
+        except Exception as exc:  # noqa: BLE001 - storage, connection or XCom: the search runs without its page
             self.log.warning("could not list this search on the dashboard: %s", exc)
             return
-        self.log.info("dashboard: %s (registered at %s)", CirrusDashboardLink().get_link(self, ti_key=ti), uri)
+        self.log.info("dashboard: %s (registered at %s)", url, uri)
 
     def execute_complete(self, context: Any, event: dict) -> dict:
         """Resume after the trigger: its event carries the results, or why the search failed."""

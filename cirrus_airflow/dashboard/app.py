@@ -11,6 +11,10 @@ so another site cannot make a logged-in browser kill a search.
     GET  /cirrus/api/runs               the same list, as JSON
     GET  /cirrus/api/runs/{key}         one search's live state (its live.json), as JSON
     POST /cirrus/api/runs/{key}/kill    {"config": ID} stops one configuration; {"config": null} all
+
+The search's own file says ``running`` until it ends; the task instance's state, from
+Airflow's database, tells a search whose task died (killed, out of memory, timed out)
+from one that runs: it is shown as ``interrupted``, with no kill buttons.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -25,8 +30,8 @@ from pydantic import BaseModel
 
 from cirrus_airflow.dashboard import registry
 from cirrus_airflow.dashboard.report import embed_json, page
-from cirrus_airflow.storage import Storage, StorageError, join
-from cirrus_airflow.tuning.search import DONE, LIVE, request_kill
+from cirrus_airflow.storage import Storage, join
+from cirrus_airflow.tuning.layout import LIVE, RUNNING, request_kill
 
 LISTED_RUNS = 50  # the index shows the newest searches only
 
@@ -45,7 +50,7 @@ async def _user(request: Request) -> Any:
     """The caller as Airflow's API sees it; 401 without a session or token."""
     security = _auth()[3]
     bearer = await security.bearer_scheme(request)
-    return await security.get_user(request, None, bearer)
+    return await security.get_user(request, _oauth_token=None, bearer_credentials=bearer)
 
 
 async def _page_user(request: Request) -> Any:
@@ -62,10 +67,31 @@ User = Annotated[Any, Depends(_user)]
 PageUser = Annotated[Any, Depends(_page_user)]
 
 
-def _may(user: Any, entry: registry.RunEntry, method: str) -> bool:
+def _may(user: Any, dag_id: str, method: str) -> bool:
+    """What Airflow's own task-instance routes ask: may ``user`` read (GET) or change (PUT)
+    the task instances of ``dag_id``."""
+    from airflow.models.dag import DagModel
+
     get_auth_manager, DagAccessEntity, DagDetails, _ = _auth()
+    details = DagDetails(id=dag_id, team_name=DagModel.get_team_name(dag_id))
     return get_auth_manager().is_authorized_dag(method=method, access_entity=DagAccessEntity.TASK_INSTANCE,
-                                                details=DagDetails(id=entry.dag_id), user=user)
+                                                details=details, user=user)
+
+
+_ALIVE = {"running", "deferred", "queued", "scheduled", "restarting", "up_for_reschedule"}
+
+
+def _task_state(entry: registry.RunEntry) -> str | None:
+    """The state of the task instance that runs the search; None if Airflow has no such one."""
+    from sqlalchemy import select
+
+    from airflow.models.taskinstance import TaskInstance as TI
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        state = session.scalar(select(TI.state).where(TI.dag_id == entry.dag_id, TI.run_id == entry.run_id,
+                                                      TI.task_id == entry.task_id, TI.map_index == entry.map_index))
+    return None if state is None else str(getattr(state, "value", state))
 
 
 @functools.lru_cache(maxsize=32)
@@ -83,30 +109,48 @@ def _registry_storage() -> Storage:
 def _entry(key: str, user: Any, method: str = "GET") -> registry.RunEntry:
     entry = registry.find(_registry_storage(), registry.registry_uri(), key)
     # One answer for "no such search" and "not yours to see": the key does not leak the DAG.
-    if entry is None or not _may(user, entry, "GET"):
+    if entry is None or not _may(user, entry.dag_id, "GET"):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no tuning run {key!r} that you may see")
-    if method != "GET" and not _may(user, entry, method):
+    if method != "GET" and not _may(user, entry.dag_id, method):
         raise HTTPException(status.HTTP_403_FORBIDDEN,
                             f"you may see but not change the task instances of DAG {entry.dag_id!r}")
     return entry
 
 
 def _live(entry: registry.RunEntry) -> dict:
-    """The search's live.json, with where it comes from; a search that has not published
-    yet is ``starting`` with no configurations."""
+    """The search's live.json, with where it comes from and its task instance's state. A
+    search that has not published yet is ``starting``; one whose file cannot be read is
+    ``unreadable``, with the reason (the page shows it, the list goes on)."""
+    empty = {"configs": [], "best": None, "metric": "", "early_stopping": "", "worker_seconds_total": 0.0,
+             "cost_total_usd": 0.0}
+    uri = join(entry.output, LIVE)
     try:
-        state = json.loads(_storage(entry.aws_conn_id).read_text(join(entry.output, LIVE)))
-    except StorageError:
-        state = {"state": "starting", "configs": [], "best": None, "metric": "", "early_stopping": "",
-                 "worker_seconds_total": 0.0, "cost_total_usd": 0.0}
-    except ValueError as exc:
-        raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"{entry.output}/{LIVE} is not JSON: {exc}") from None
-    return {**state, "run": _describe(entry)}
+        storage = _storage(entry.aws_conn_id)
+        if not storage.exists(uri):
+            state = {**empty, "state": "starting"}
+        else:
+            state = json.loads(storage.read_text(uri))
+    except Exception as exc:  # noqa: BLE001 - storage, connection or JSON: the page says which
+        state = {**empty, "state": "unreadable", "error": f"cannot read {uri}: {exc}"}
+    task_state = _task_state(entry)
+    if state["state"] in (RUNNING, "starting") and task_state is not None and task_state not in _ALIVE:
+        state["state"] = "interrupted"
+    return {**state, "run": _describe(entry), "task_state": task_state}
 
 
 def _describe(entry: registry.RunEntry) -> dict:
     return {"key": entry.key, "dag_id": entry.dag_id, "run_id": entry.run_id, "task_id": entry.task_id,
-            "map_index": entry.map_index, "output": entry.output, "registered_at": entry.registered_at}
+            "map_index": entry.map_index, "output": entry.output, "registered_at": entry.registered_at,
+            "task_url": _task_url(entry)}
+
+
+def _task_url(entry: registry.RunEntry) -> str:
+    """The task instance's page in the Airflow UI."""
+    from airflow.sdk import conf
+
+    base = (conf.get("api", "base_url", fallback="") or "").rstrip("/")
+    path = f"/dags/{quote(entry.dag_id)}/runs/{quote(entry.run_id)}/tasks/{quote(entry.task_id)}"
+    return base + path + (f"/mapped/{entry.map_index}" if entry.map_index >= 0 else "")
 
 
 def _login(request: Request) -> RedirectResponse:
@@ -135,12 +179,14 @@ def create_app() -> FastAPI:
         entry = _entry(key, user)
         subtitle = f"DAG {entry.dag_id} · run {entry.run_id} · task {entry.task_id} · {entry.output}"
         script = _RUN_SCRIPT.replace("__KEY__", embed_json(entry.key))
-        return HTMLResponse(page(f"Search {entry.task_id}", script, subtitle=subtitle))
+        return HTMLResponse(page(f"Search {entry.task_id}", script, subtitle=subtitle,
+                                 links=[("task instance in Airflow", _task_url(entry)), ("all searches", "../")]))
 
     @app.get("/api/runs")
     def list_runs(user: User) -> list[dict]:
         entries = registry.list_runs(_registry_storage(), registry.registry_uri())
-        shown = [e for e in entries if _may(user, e, "GET")][:LISTED_RUNS]
+        readable = {dag_id: _may(user, dag_id, "GET") for dag_id in {e.dag_id for e in entries}}
+        shown = [e for e in entries if readable[e.dag_id]][:LISTED_RUNS]
         out = []
         for entry in shown:
             state = _live(entry)
@@ -154,14 +200,16 @@ def create_app() -> FastAPI:
 
     @app.get("/api/runs/{key}")
     def run_state(key: str, user: User) -> dict:
-        return _live(_entry(key, user))
+        entry = _entry(key, user)
+        return {**_live(entry), "can_kill": _may(user, entry.dag_id, "PUT")}
 
     @app.post("/api/runs/{key}/kill", status_code=status.HTTP_202_ACCEPTED)
     def kill(key: str, body: KillRequest, user: User) -> dict:
         entry = _entry(key, user, method="PUT")
         state = _live(entry)
-        if state["state"] == DONE:
-            raise HTTPException(status.HTTP_409_CONFLICT, "the search has ended: there is nothing left to kill")
+        if state["state"] not in (RUNNING, "starting"):  # (a request before the search starts waits for it)
+            raise HTTPException(status.HTTP_409_CONFLICT,
+                                f"the search is {state['state']}: only a running search can be killed")
         if body.config is not None and body.config not in {c["id"] for c in state["configs"]}:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"the search has no configuration {body.config!r}")
         uri = request_kill(_storage(entry.aws_conn_id), entry.output, body.config)
@@ -202,7 +250,11 @@ _INDEX_SCRIPT = """
   }
   function poll() {
     fetch("api/runs", {credentials: "same-origin", cache: "no-store"})
-      .then(function (r) { if (!r.ok) throw new Error(r.status + " " + r.statusText); return r.json(); })
+      .then(function (r) {
+        if (r.status === 401) { location.reload(); throw new Error("the session has ended"); }  // to the login
+        if (!r.ok) throw new Error(r.status + " " + r.statusText);
+        return r.json();
+      })
       .then(function (runs) { message.textContent = ""; message.className = ""; draw(runs); })
       .catch(function (e) { message.textContent = "could not load the tuning runs: " + e.message;
                             message.className = "error"; })
@@ -221,6 +273,7 @@ _RUN_SCRIPT = """
     return function (e) { say(what + ": " + e.message, true); };
   }
   function json(r) {
+    if (r.status === 401) { location.reload(); throw new Error("the session has ended"); }  // to the login
     if (r.ok) return r.json();
     return r.json().catch(function () { return {}; }).then(function (body) {
       throw new Error(body.detail || (r.status + " " + r.statusText)); });
@@ -237,9 +290,12 @@ _RUN_SCRIPT = """
       .then(json)
       .then(function (state) {
         if (message.textContent.indexOf("could not load") === 0) say("");
-        CirrusPage.render(root, state, {onKill: kill});
+        if (state.error) say(state.error, true);
+        CirrusPage.render(root, state, {onKill: state.can_kill ? kill : null});
         document.body.setAttribute("data-state", state.state);
-        if (state.state !== "done") setTimeout(poll, 1000);
+        if (state.state === "running" || state.state === "starting" || state.state === "unreadable") {
+          setTimeout(poll, 1000);
+        }
       })
       .catch(function (e) { failed("could not load the search")(e); setTimeout(poll, 3000); });
   }

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 
@@ -25,6 +26,7 @@ from cirrus_airflow.storage import Storage, StorageError, join, normalize
 
 DEFAULT_AWS_CONN_ID = "aws_default"
 URL_PREFIX = "/cirrus"  # where the plugin mounts the dashboard in Airflow's API server
+_KEY = re.compile(r"[0-9a-f]{20}")
 
 
 def registry_uri() -> str:
@@ -74,24 +76,24 @@ def register(storage: Storage, registry: str, entry: RunEntry) -> str:
 
 
 def list_runs(storage: Storage, registry: str) -> list[RunEntry]:
-    """Every registered search, newest first; unreadable entries are skipped."""
+    """Every registered search, newest first; unreadable or misnamed entries are skipped."""
     entries = []
     for uri in storage.list(registry):
-        if uri.endswith(".json"):
-            entry = _read(storage, uri)
+        name = uri.rsplit("/", 1)[-1]
+        if name.endswith(".json"):
+            entry = find(storage, registry, name[: -len(".json")])
             if entry is not None:
                 entries.append(entry)
     return sorted(entries, key=lambda e: e.registered_at, reverse=True)
 
 
 def find(storage: Storage, registry: str, key: str) -> RunEntry | None:
-    if not key.isalnum():
+    """The entry named ``key``, if it is one: its file must hold the task instance whose key
+    it is named by, so a file cannot pass itself off as another task instance's search."""
+    if not _KEY.fullmatch(key):
         return None
-    return _read(storage, join(registry, f"{key}.json"))
-
-
-def _read(storage: Storage, uri: str) -> RunEntry | None:
     try:
-        return RunEntry(**json.loads(storage.read_text(uri)))
+        entry = RunEntry(**json.loads(storage.read_text(join(registry, f"{key}.json"))))
     except (StorageError, ValueError, TypeError):
         return None
+    return entry if entry.key == key else None

@@ -29,15 +29,18 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#bcbd22", "#17becf", "#393b79", "#ad494a", "#637939", "#843c39", "#7b4173", "#3182bd")
 
 
-def page(title: str, script: str, *, heading: str | None = None, subtitle: str = "") -> str:
-    """A whole HTML page: the shared stylesheet and drawing script inlined, then ``script``."""
+def page(title: str, script: str, *, heading: str | None = None, subtitle: str = "",
+         links: list[tuple[str, str]] = ()) -> str:
+    """A whole HTML page: the shared stylesheet and drawing script inlined, then ``script``.
+    ``links`` (text, URL) open in the whole window, not in the Airflow UI's frame."""
+    anchors = "".join(f' · <a href="{html.escape(url)}" target="_top">{html.escape(text)}</a>' for text, url in links)
     css = (ASSETS / "page.css").read_text()
     drawing = (ASSETS / "page.js").read_text()
     return (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
         f"<title>{html.escape(title)}</title><style>{css}</style></head><body>"
-        f"<h1>{html.escape(heading or title)}</h1><div class=\"muted\">{html.escape(subtitle)}</div>"
+        f"<h1>{html.escape(heading or title)}</h1><div class=\"muted\">{html.escape(subtitle)}{anchors}</div>"
         "<div id=\"message\" role=\"status\"></div><div id=\"root\"></div>"
         f"<script>window.CIRRUS_PALETTE = {json.dumps(PALETTE)};\n{drawing}</script>"
         f"<script>{script}</script></body></html>\n"
@@ -96,11 +99,11 @@ def write_report(storage: Storage, output: str, results: dict) -> dict[str, str]
     written = {}
     try:
         uri = join(output, REPORT)
-        storage.write_text(uri, report_html(results))
+        storage.write_text(uri, report_html(results), content_type="text/html; charset=utf-8")
         written["html"] = uri
         for x, name in PLOTS.items():
             uri = join(output, name)
-            storage.write_bytes(uri, plot_png(results, x))
+            storage.write_bytes(uri, plot_png(results, x), content_type="image/png")
             written[x] = uri
     except Exception:  # noqa: BLE001 - see the docstring
         log.exception("could not write the search's report under %s; results.json has everything", output)

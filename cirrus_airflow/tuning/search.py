@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import secrets
 import threading
 import time
@@ -41,14 +42,12 @@ from cirrus_airflow.storage import Storage, StorageError, join, normalize
 from cirrus_airflow.training import TrainConfig, TrainingJob
 from cirrus_airflow.dashboard import report
 from cirrus_airflow.tuning import early_stopping
+from cirrus_airflow.tuning.layout import DONE, KILL_FOLDER, LIVE, RESULTS, RUNNING
 from ps_service.launcher import start_local_server
 
 log = logging.getLogger(__name__)
 
 RESOURCES = ("seconds", "examples")
-KILL_FOLDER = "_kill"
-LIVE, RESULTS = "live.json", "results.json"
-RUNNING, DONE = "running", "done"
 FINISHED, STOPPED_EARLY, KILLED, FAILED, OVER_BUDGET = "finished", "stopped_early", "killed", "failed", "over_budget"
 # The run-level settings of a configuration's TrainConfig that the search owns.
 _OWNED = ("data", "output", "model", "ps_address", "ps_token")
@@ -145,7 +144,8 @@ class Search:
     def run(self) -> dict:
         cfg = self.config
         self._load_finished()
-        self.storage.delete_tree(join(self.output, KILL_FOLDER))  # requests were for an earlier attempt
+        if self.storage.exists(join(self.output, RESULTS)):  # an earlier attempt ended: its requests are stale
+            self.storage.delete_tree(join(self.output, KILL_FOLDER))
         # Launched in a seeded random order: a grid lists similar configurations together, and
         # the first ones at a rung always go on, so grid order would let a run of bad ones climb.
         order = np.random.default_rng(cfg.seed).permutation(len(self.trials))
@@ -174,6 +174,9 @@ class Search:
 
     def _run_trial(self, trial: Trial, address: str, token: str) -> None:
         output = join(self.output, "configs", trial.id)
+        if trial.stopped_before_start():  # killed (or over budget) while it waited: nothing to pay for
+            self.storage.write_text(join(output, "status.json"), json.dumps(trial.to_json(), sort_keys=True))
+            return
         config = self.config.train_config(trial.params, output, ps_address=address, ps_token=token)
         started = time.monotonic()
         trial.started_at = time.time()
@@ -185,13 +188,16 @@ class Search:
             trial.live = {k: point[k] for k in ("t", "updates", "train_loss", "worker_seconds", "cost_usd")}
             if "test_loss" not in point:
                 return
-            trial.curve.append({"t": point["t"], "test_loss": point["test_loss"], "cost_usd": point["cost_usd"]})
+            loss = point["test_loss"]
+            diverged = not math.isfinite(loss)
+            # JSON has no NaN: a diverged evaluation is a gap in the curve, and +inf to the rules (which stop it).
+            trial.curve.append({"t": point["t"], "test_loss": None if diverged else loss, "cost_usd": point["cost_usd"]})
             resource = time.monotonic() - started if self.config.resource == "seconds" else examples
             with self._lock:
-                go_on = self.rule.report(trial.id, resource, point["test_loss"])
+                go_on = self.rule.report(trial.id, resource, math.inf if diverged else loss)
             if not go_on:
                 log.info("configuration %s stopped early (held-out loss %.5f at %s %g)", trial.id,
-                         point["test_loss"], self.config.resource, resource)
+                         loss, self.config.resource, resource)
                 trial.stop(STOPPED_EARLY)
             if self.progress is not None:
                 self.progress({"config": trial.id, **point})
@@ -270,18 +276,24 @@ class Search:
         }
 
     def _publish(self) -> None:
-        """Rewrite live.json if anything moved since the last time (at most once a loop, ~1 s)."""
+        """Rewrite live.json if anything moved since the last time (at most once a loop, ~1 s).
+        A failed write costs the dashboard a second, not the search: the next loop tries again."""
         body = json.dumps(self._snapshot(RUNNING), sort_keys=True)
-        if body != self._published:
+        if body == self._published:
+            return
+        try:
             self.storage.write_text(join(self.output, LIVE), body)
-            self._published = body
+        except Exception as exc:  # noqa: BLE001 - storage errors of any kind (S3 throttling, a full disk)
+            log.warning("could not update %s (will try again): %s", join(self.output, LIVE), exc)
+            return
+        self._published = body
 
     def _write_results(self) -> dict:
         results = self._snapshot(DONE)
         results["finished_at"] = time.time()
         text = json.dumps(results, indent=1, sort_keys=True)
-        self.storage.write_text(join(self.output, LIVE), text)
         self.storage.write_text(results["results_uri"], text)
+        self.storage.write_text(join(self.output, LIVE), text)
         report.write_report(self.storage, self.output, results)
         return results
 
@@ -291,16 +303,6 @@ class Search:
         token = secrets.token_urlsafe(24)
         with start_local_server(token=token, shards=self.config.ps_shards) as server:
             yield server.address, token
-
-
-def request_kill(storage: Storage, output: str, trial_id: str | None = None) -> str:
-    """Ask the search running under ``output`` to stop one configuration (None: all of it)."""
-    output = normalize(output)
-    if trial_id is not None and "/" in trial_id:
-        raise ValueError(f"a configuration id has no '/', got {trial_id!r}")
-    uri = join(output, KILL_FOLDER, trial_id or "all")
-    storage.write_text(uri, "")
-    return uri
 
 
 class Trial:
@@ -332,6 +334,14 @@ class Trial:
             if self._job is not None:
                 self._job.request_stop(why)
 
+    def stopped_before_start(self) -> bool:
+        """True (and the status is set) if it was stopped before it got an executor."""
+        with self._lock:
+            if self._stop is None or self._job is not None:
+                return False
+            self.status = self._stop
+            return True
+
     def finish(self, summary: dict) -> None:
         self.summary = summary
         self.status = self._stop or FINISHED
@@ -359,12 +369,12 @@ class Trial:
     @property
     def best_live_loss(self) -> float | None:
         if self.summary is not None:
-            return self.summary.get("best_test_loss")
-        return min((p["test_loss"] for p in self.curve), default=None)
+            return _finite(self.summary.get("best_test_loss"))
+        return min((p["test_loss"] for p in self.curve if p["test_loss"] is not None), default=None)
 
     def to_json(self) -> dict[str, Any]:
         summary = self.summary or {}
-        metric = summary.get("test_logloss", summary.get("test_rmse"))
+        metric = _finite(summary.get("test_logloss", summary.get("test_rmse")))  # None: diverged, or not ended
         if self.status is not None:
             status = self.status
         elif self._job is not None:
@@ -379,3 +389,7 @@ class Trial:
             "model_uri": summary.get("model_uri"), "stopped_by": summary.get("stopped_by"),
             "error": self.error, "summary": self.summary, "curve": self.curve,
         }
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None

@@ -4,7 +4,6 @@ and a moto S3 server reached through an Airflow connection, for the S3 tests."""
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 import threading
 import time

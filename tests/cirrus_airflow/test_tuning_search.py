@@ -3,6 +3,7 @@ parameter server, the hopeless ones stopped early, budgets end the search, a ret
 what finished, and a kill stops one configuration."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from cirrus_airflow.storage import Storage
-from cirrus_airflow.tuning.search import Search, TuneConfig, request_kill
+from cirrus_airflow.tuning.layout import request_kill
+from cirrus_airflow.tuning.search import Search, TuneConfig
 from cirrus_airflow.tuning.space import grid
 
 BASE = {"workers": 1, "factors": 4, "epochs": 40, "eval_interval_s": 0.1, "eval_rows": 1000, "poll_interval_s": 0.05}
@@ -36,7 +38,8 @@ def executors(inline_executor):
 
 def _search(shards, out, executors, **kw):
     configs = kw.pop("configs", grid({"learning_rate": [1e-6, 0.1, 1e-5, 0.05]}))
-    config = TuneConfig(data=str(shards), output=str(out), model="mf", configs=configs, base=BASE, **kw)
+    base = kw.pop("base", BASE)
+    config = TuneConfig(data=str(shards), output=str(out), model="mf", configs=configs, base=base, **kw)
     return Search(config, storage=Storage(), executors=executors)
 
 
@@ -170,3 +173,29 @@ def test_a_search_ends_with_a_stand_alone_report_and_plots(shards, tmp_path, exe
     for name in ("loss_vs_time.png", "loss_vs_cost.png"):
         image = (out / name).read_bytes()
         assert image[:8] == b"\x89PNG\r\n\x1a\n" and len(image) > 10_000
+
+
+def test_a_configuration_killed_while_it_waits_never_starts(shards, tmp_path, executors):
+    search = _search(shards, tmp_path / "tune", executors, early_stopping="none", concurrency=1,
+                     configs=[{"learning_rate": 0.05}, {"learning_rate": 0.1}])
+    waiting = {t.id for t in search.trials}
+    search.progress = lambda point: search.kill(next(iter(waiting - {point["config"]})))
+    results = search.run()
+    statuses = sorted(c["status"] for c in results["configs"])
+    assert statuses == ["finished", "killed"] and len(executors.made) == 1
+    (killed,) = [c for c in results["configs"] if c["status"] == "killed"]
+    assert killed["worker_seconds"] == 0 and killed["model_uri"] is None
+
+
+def test_a_diverging_configuration_is_stopped_and_never_the_best(shards, tmp_path, executors):
+    results = _search(shards, tmp_path / "tune", executors, grace=0.2, eta=2, concurrency=2,
+                      configs=[{"learning_rate": 0.05}, {"learning_rate": 1e6, "optimizer": "sgd"}]).run()
+    by_rate = {c["params"]["learning_rate"]: c for c in results["configs"]}
+    assert results["best"]["params"]["learning_rate"] == 0.05
+    # It blows up: the server refuses its non-finite pushes (the run fails), or its held-out
+    # loss turns infinite (a gap in its curve, and the rule stops it).
+    assert by_rate[1e6]["status"] in ("failed", "stopped_early") and by_rate[1e6]["metric"] is None
+    saved = json.loads((tmp_path / "tune" / "results.json").read_text())
+    for config in saved["configs"]:
+        values = [config["metric"], config["best_live_loss"]] + [p["test_loss"] for p in config["curve"]]
+        assert all(v is None or math.isfinite(v) for v in values)

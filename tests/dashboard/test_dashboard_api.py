@@ -57,6 +57,7 @@ def test_a_viewer_may_look_but_not_kill(api_server, live_search):
     live = live_search(learning_rates=(0.05,))
     with api_server.client("viewer") as viewer:
         _wait(lambda: _state(viewer, live.key)["configs"])
+        assert _state(viewer, live.key)["can_kill"] is False  # the page shows no kill buttons
         refused = viewer.post(f"/cirrus/api/runs/{live.key}/kill", json={"config": None})
         assert refused.status_code == 403 and "may see but not change" in refused.json()["detail"]
         assert live.thread.is_alive()
@@ -66,6 +67,7 @@ def test_kill_one_configuration_then_all(api_server, live_search):
     live = live_search()
     with api_server.client("admin") as admin:
         state = _wait(lambda: (s := _state(admin, live.key))["configs"] and s)
+        assert state["can_kill"] is True and state["task_state"] is None  # (no such task instance in Airflow)
         victim = state["configs"][0]["id"]
         assert admin.post(f"/cirrus/api/runs/{live.key}/kill", json={"config": "nope"}).status_code == 404
         assert admin.post(f"/cirrus/api/runs/{live.key}/kill", data={"config": victim}).status_code == 422  # JSON only
@@ -117,3 +119,30 @@ def test_a_search_on_s3_is_read_through_its_airflow_connection(api_server):
         assert shown["configs"] == state["configs"] and shown["run"]["output"] == "s3://searches/tunes/1"
         assert admin.post(f"/cirrus/api/runs/{entry.key}/kill", json={"config": "000-abc"}).status_code == 202
     assert s3.get_object(Bucket="searches", Key="tunes/1/_kill/000-abc")["ContentLength"] == 0
+
+
+def _register(api_server, output, run_id):
+    from cirrus_airflow.dashboard import registry
+    from cirrus_airflow.storage import Storage
+
+    entry = registry.RunEntry(dag_id="tuning_dag", run_id=run_id, task_id="tune", map_index=-1, output=str(output),
+                              aws_conn_id=None)
+    registry.register(Storage(), str(api_server.registry), entry)
+    return entry
+
+
+def test_a_search_not_yet_started_or_unreadable_is_shown_as_such(api_server, tmp_path):
+    starting = _register(api_server, tmp_path / "not-yet", "starting_run")
+    broken_out = tmp_path / "broken"
+    broken_out.mkdir()
+    (broken_out / "live.json").write_text("{not json")
+    broken = _register(api_server, broken_out, "broken_run")
+    (api_server.registry / ("0" * 20 + ".json")).write_text(json.dumps({"dag_id": "x"}))  # not an entry
+    with api_server.client("admin") as admin:
+        runs = {r["key"]: r for r in admin.get("/cirrus/api/runs").json()}
+        assert runs[starting.key]["state"] == "starting" and runs[broken.key]["state"] == "unreadable"
+        assert "cannot read" in _state(admin, broken.key)["error"]
+        # A kill before the search starts waits for it.
+        assert admin.post(f"/cirrus/api/runs/{starting.key}/kill", json={"config": None}).status_code == 202
+        assert (tmp_path / "not-yet" / "_kill" / "all").exists()
+        assert admin.post(f"/cirrus/api/runs/{broken.key}/kill", json={"config": None}).status_code == 409

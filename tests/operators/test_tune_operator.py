@@ -49,7 +49,10 @@ def inline(inline_executor, monkeypatch):
 def context(tmp_path, monkeypatch):
     """A task instance's context, and a dashboard registry of the test's own."""
     monkeypatch.setenv("AIRFLOW__CIRRUS__DASHBOARD_REGISTRY", str(tmp_path / "registry"))
-    return {"ti": SimpleNamespace(dag_id="dag", run_id="manual__1", task_id="tune", map_index=-1)}
+    pushed = {}
+    ti = SimpleNamespace(dag_id="dag", run_id="manual__1", task_id="tune", map_index=-1, xcom=pushed,
+                         xcom_push=lambda key, value: pushed.__setitem__(key, value))
+    return {"ti": ti}
 
 
 def _operator(shards, out, **kw):
@@ -76,6 +79,7 @@ def test_the_search_is_listed_on_the_dashboard_under_its_task_instance(shards, t
                                                                         str(tmp_path / "tune"))
     link = CirrusDashboardLink().get_link(op, ti_key=context["ti"])
     assert link.endswith(f"/cirrus/runs/{entry.key}")
+    assert context["ti"].xcom[CirrusDashboardLink().xcom_key] == link  # shown while the task runs
     op.execute(context)  # a retry keeps its entry, and so its page
     assert [e.key for e in registry.list_runs(Storage(), str(tmp_path / "registry"))] == [entry.key]
 

@@ -45,6 +45,7 @@ var CirrusPage = (function () {
   }
 
   // The y range leaves out the first evaluations' spikes: every curve's later points decide it.
+  // (Points are finite: a diverged evaluation is null in the search's file, and left out.)
   function yRange(series) {
     var all = [], lo = Infinity;
     series.forEach(function (s) {
@@ -105,8 +106,9 @@ var CirrusPage = (function () {
     return state.configs.map(function (c, i) {
       return {
         id: c.id, status: c.status, colour: colour(i),
-        points: (c.curve || []).filter(function (p) { return p[xKey] !== undefined && p[xKey] !== null; })
-          .map(function (p) { return [p[xKey], p.test_loss]; })
+        points: (c.curve || []).filter(function (p) {
+          return isFinite(p[xKey]) && p[xKey] !== null && isFinite(p.test_loss) && p.test_loss !== null;
+        }).map(function (p) { return [p[xKey], p.test_loss]; })
       };
     });
   }
@@ -146,12 +148,12 @@ var CirrusPage = (function () {
     [["t", "time", "against training seconds"], ["cost_usd", "cost", "against estimated dollars"]]
       .forEach(function (spec) {
         var box = el("div", {"class": "plot"});
-        var title = "held-out " + state.metric + " " + spec[2];
-        box.appendChild(el("h3", {}, title));
-        var svg = el("svg:svg", {id: "plot-" + spec[1], role: "img", "aria-label": title});
+        var heading = el("h3", {});
+        box.appendChild(heading);
+        var svg = el("svg:svg", {id: "plot-" + spec[1], role: "img"});
         box.appendChild(svg);
         plots.appendChild(box);
-        parts.plots[spec[0]] = {svg: svg, kind: spec[1]};
+        parts.plots[spec[0]] = {svg: svg, kind: spec[1], heading: heading, title: spec[2]};
       });
     root.appendChild(plots);
     var bar = el("div", {"class": "bar"});
@@ -222,7 +224,7 @@ var CirrusPage = (function () {
     return r;
   }
 
-  function updateRow(r, c, bestId, opts) {
+  function updateRow(r, c, bestId, opts, live) {
     r.tr.className = c.id === bestId ? "best" : "";
     setText(r.status, c.status.replace("_", " "));
     r.status.className = "status " + c.status;
@@ -232,7 +234,7 @@ var CirrusPage = (function () {
       .forEach(function (text, k) { setText(r.cells[k], text); });
     if (!opts.onKill) return;
     var button = r.kill.firstChild;
-    if (ENDED[c.status]) {
+    if (ENDED[c.status] || !live) {
       if (button) r.kill.removeChild(button);
     } else if (!button) {
       button = el("button", {"data-kill": c.id, title: "stop this configuration"}, "Kill");
@@ -252,12 +254,14 @@ var CirrusPage = (function () {
     var bestId = state.best ? state.best.id : null;
     updateSummary(parts.summary, state);
     Object.keys(parts.plots).forEach(function (x) {
-      plot(parts.plots[x].svg, seriesOf(state, x), parts.plots[x].kind, bestId);
+      var p = parts.plots[x], title = "held-out " + (state.metric || "loss") + " " + p.title;
+      setText(p.heading, title);
+      p.svg.setAttribute("aria-label", title);
+      plot(p.svg, seriesOf(state, x), p.kind, bestId);
     });
-    if (parts.killAll && state.state !== "running" && parts.killAll.parentNode) {
-      parts.killAll.parentNode.removeChild(parts.killAll);
-    }
-    state.configs.forEach(function (c, i) { updateRow(row(parts, c, i, opts), c, bestId, opts); });
+    var live = state.state === "running";
+    if (parts.killAll) parts.killAll.style.display = live ? "" : "none";
+    state.configs.forEach(function (c, i) { updateRow(row(parts, c, i, opts), c, bestId, opts, live); });
   }
 
   return {render: render};
