@@ -95,10 +95,13 @@ var CirrusPage = (function () {
       var d = s.points.map(function (p, i) {
         return (i ? "L" : "M") + sx(p[0]).toFixed(1) + "," + sy(p[1]).toFixed(1);
       }).join("");
-      if (s.points.length === 1) d += "h1";  // one evaluation still shows as a dot
       var cls = "curve" + (CUT_SHORT[s.status] ? " ended" : "") + (s.id === best ? " best" : "");
       svg.appendChild(el("svg:path", {"class": cls, d: d, stroke: s.colour, "clip-path": "url(#" + clipId + ")",
                                       "data-config": s.id, "data-points": s.points.length}));
+      if (s.points.length === 1) {  // one evaluation (stopped at the first rung) is a dot, not a line
+        svg.appendChild(el("svg:circle", {cx: sx(s.points[0][0]), cy: sy(s.points[0][1]), r: 3.5, fill: s.colour,
+                                          "clip-path": "url(#" + clipId + ")"}));
+      }
     });
   }
 
