@@ -80,4 +80,6 @@ def format_search(results: Mapping) -> str:
         lines.append(f"  {'*' if c['id'] == best else ' '} {c['id']:<14}{c['status']:<15}{metric:>13}"
                      f"{c['worker_seconds']:>10.1f}  {params}")
     lines.append(f"  worker-seconds in all: {results['worker_seconds_total']:.1f}")
+    if results.get("output"):
+        lines.append(f"  report with plots: {results['output'].rstrip('/')}/report.html")
     return "\n".join(lines)

@@ -33,4 +33,3 @@ search=$(ls -td "$CIRRUS_DEMO_ROOT"/tunes/*/ | head -n 1)
 echo
 echo "==> search of $search (* the best)"
 cirrus-airflow report "$search"
-echo "    report with plots: ${search}report.html (and loss_vs_time.png, loss_vs_cost.png)"

@@ -132,6 +132,7 @@ def test_the_command_line_tunes_with_a_grid_and_prints_json(shards, tmp_path):
     assert result["best"]["metric"] == min(c["metric"] for c in result["configs"])
     report = subprocess.run([str(cli), "report", str(out)], capture_output=True, text=True, timeout=60).stdout
     assert f"* {result['best']['id']}" in report and "worker-seconds in all" in report
+    assert f"report with plots: {out}/report.html" in report
     kill = subprocess.run([str(cli), "tune", "kill", str(out), result["best"]["id"], "--json"],
                           capture_output=True, text=True, timeout=60)
     assert kill.returncode == 0 and (out / "_kill" / result["best"]["id"]).exists()
