@@ -58,13 +58,18 @@ class ASHA:
     def report(self, config: str, resource: float, loss: float) -> bool:
         _check(resource, loss)
         rung = self._rung_of(resource)
-        if rung < 0 or self.reached.get(config, -1) >= rung:
+        first = self.reached.get(config, -1) + 1
+        if rung < first:
             return True  # below the first rung, or at a rung it already passed
         self.reached[config] = rung
-        recorded = self.rungs[rung]
-        recorded.append(loss)
-        better = sum(other < loss for other in recorded)
-        return better < max(1, int(len(recorded) // self.eta))
+        # A report that skips rungs (evaluations sparser than the rungs) is judged at each of
+        # them, as if it had reported there: otherwise it would meet an empty rung and go on.
+        for r in range(first, rung + 1):
+            recorded = self.rungs[r]
+            recorded.append(loss)
+            if sum(other < loss for other in recorded) >= max(1, int(len(recorded) // self.eta)):
+                return False
+        return True
 
     def _rung_of(self, resource: float) -> int:
         if resource < self.grace:

@@ -31,6 +31,16 @@ def test_asha_judges_a_rung_once_and_not_the_end_of_the_run():
     assert asha._rung_of(40) == 1 and asha._rung_of(80) == 1  # the last rung is below max_resource
 
 
+def test_asha_judges_a_report_that_skips_rungs_at_each_rung_it_passed():
+    asha = ASHA(grace=1, eta=2)
+    assert asha.report("a", 1.0, 0.30) and asha.report("a", 2.0, 0.20)
+    # b's first evaluation comes late, past rungs 0 and 1: it meets a's losses there.
+    assert not asha.report("b", 2.5, 0.40)
+    assert asha.rungs[0] == [0.30, 0.40] and asha.rungs[1] == [0.20]  # stopped at rung 0: not recorded above
+    assert asha.report("c", 4.5, 0.10)  # better than everything at rungs 0, 1 and 2
+    assert asha.rungs[0][-1] == asha.rungs[1][-1] == asha.rungs[2][-1] == 0.10
+
+
 def test_the_median_rule_stops_what_is_worse_than_the_others_running_means():
     rule = MedianStopping(grace=2, min_others=2)
     curves = {"a": [0.9, 0.7, 0.5, 0.4], "b": [0.8, 0.6, 0.5, 0.45], "c": [1.0, 0.95, 0.9, 0.9]}
