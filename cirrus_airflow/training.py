@@ -266,6 +266,8 @@ class TrainingJob:
             "examples": outcome["examples"],
             "updates": outcome["updates"],
             "examples_per_second": outcome["examples"] / max(train_seconds, 1e-9),
+            # One worker's rate inside its training loop (start-ups and hand-overs excluded).
+            "worker_loop_examples_per_second": outcome["loop_examples"] / max(outcome["loop_seconds"], 1e-9),
             "workers": workers,
             "invocations": outcome["invocations"],
             "replacements": outcome["replacements"],
@@ -540,6 +542,7 @@ class _Fleet:
         self.running: dict[Future, _Invocation] = {}
         self.replaced = [0] * len(shares)
         self.totals = {"examples": 0, "updates": 0, "invocations": 0, "worker_seconds": 0.0, "loss_sum": 0.0,
+                       "loop_examples": 0, "loop_seconds": 0.0,
                        "replacements": 0, "storage_gets": 0, "storage_puts": 0, "live_evaluations": 0}
         for worker in range(len(shares)):  # from where an earlier attempt's journal says, if any
             journal = journals.get(worker)
@@ -569,6 +572,8 @@ class _Fleet:
         self.totals["examples"] += result["examples"]
         self.totals["updates"] += result["updates"]
         self.totals["loss_sum"] += result["train_loss"] * result["examples"]
+        self.totals["loop_examples"] += result["examples"]
+        self.totals["loop_seconds"] += result["loop_seconds"]
         self.totals["storage_gets"] += result["storage_requests"]["get"]
         self.totals["storage_puts"] += result["storage_requests"]["put"]
         if result["status"] == "handover":

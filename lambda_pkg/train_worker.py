@@ -78,12 +78,14 @@ def worker_task(event: dict, context: Any) -> dict:
         except PSError as refusal:
             batches.close()
             return {"worker_id": worker, "generation": generation, "status": "rejected", "reason": str(refusal),
-                    "resume": None, "examples": 0, "updates": 0, "train_loss": 0.0,
+                    "resume": None, "examples": 0, "updates": 0, "train_loss": 0.0, "loop_seconds": 0.0,
                     "storage_requests": {"get": 0, "put": 0}}
         loop = _Loop(ps, table, lambda rows: registry.minibatch(model, params, rows), journal, worker,
                      report_every=max(1, int(event.get("report_every", 20))))
         with _heartbeats(ps, float(event.get("heartbeat_s", HEARTBEAT_S))), contextlib.closing(batches):
+            looped = time.perf_counter()
             status, position = loop.run(batches, lambda: _stop_reason(ps, context, deadline, margin_ms), start)
+            loop_seconds = time.perf_counter() - looped
         ps.deregister("handover" if status == "handover" else "finished")
     journal.note(position, loop.stats, final=True)
     stats = loop.stats
@@ -95,6 +97,8 @@ def worker_task(event: dict, context: Any) -> dict:
         "examples": stats["examples"],
         "updates": stats["updates"],
         "train_loss": stats["loss_sum"] / max(1, stats["examples"]),
+        # In the training loop only (no start-up, registration or hand-over): the worker's steady rate.
+        "loop_seconds": loop_seconds,
         "storage_requests": {"get": reader.requests, "put": journal.writes},
     }
 

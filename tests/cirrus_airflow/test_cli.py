@@ -33,6 +33,8 @@ def test_generate_preprocess_train_with_json_results(tmp_path):
     result = _last_json(out)
     assert {"test_logloss", "test_auc", "test_accuracy", "examples_per_second", "model_uri"} <= set(result)
     assert result["test_logloss"] < result["baseline_logloss"]
+    # A worker trains faster in its loop than the run's rate, which counts start-ups and 2 workers' sharing.
+    assert result["worker_loop_examples_per_second"] > result["examples_per_second"] / result["workers"] > 0
     assert "train" in out.stderr  # progress went to stderr, not into the JSON
     table = _run("report", str(tmp_path / "run")).stdout
     assert "test AUC" in table and f"{result['test_auc']:.4f}" in table
