@@ -153,6 +153,17 @@ def _task_url(entry: registry.RunEntry) -> str:
     return base + path + (f"/mapped/{entry.map_index}" if entry.map_index >= 0 else "")
 
 
+def _audit(entry: registry.RunEntry, user: Any, config: str | None) -> None:
+    """Record a kill in Airflow's audit log (Browse > Audit Log), as the UI's own actions are."""
+    from airflow.models.log import Log
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        session.add(Log(event="cirrus.tune.kill", owner=user.get_id(), owner_display_name=user.get_name(),
+                        extra=json.dumps({"config": config or "all", "output": entry.output}),
+                        dag_id=entry.dag_id, run_id=entry.run_id, task_id=entry.task_id, map_index=entry.map_index))
+
+
 def _login(request: Request) -> RedirectResponse:
     get_auth_manager = _auth()[0]
     return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)),
@@ -213,6 +224,7 @@ def create_app() -> FastAPI:
         if body.config is not None and body.config not in {c["id"] for c in state["configs"]}:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"the search has no configuration {body.config!r}")
         uri = request_kill(_storage(entry.aws_conn_id), entry.output, body.config)
+        _audit(entry, user, body.config)
         return {"requested": body.config or "all", "uri": uri}
 
     return app

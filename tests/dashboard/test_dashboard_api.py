@@ -2,6 +2,7 @@
 authorisation around every one, a live search's state, and the kill requests."""
 
 import json
+import sqlite3
 import time
 
 import httpx
@@ -77,6 +78,12 @@ def test_kill_one_configuration_then_all(api_server, live_search):
                          [victim] == "killed" and s)
         assert [status for cid, status in statuses.items() if cid != victim] == ["running", "running"]
         assert admin.post(f"/cirrus/api/runs/{live.key}/kill", json={"config": None}).status_code == 202
+        # In Airflow's audit log (read from its database: the API lists entries of DAGs it knows).
+        with sqlite3.connect(api_server.home / "airflow.db") as db:
+            audit = db.execute("SELECT owner, extra FROM log WHERE event = 'cirrus.tune.kill' AND run_id = ?",
+                               (live.entry.run_id,)).fetchall()
+        assert sorted(json.loads(extra)["config"] for _, extra in audit) == sorted([victim, "all"])
+        assert {owner for owner, _ in audit} == {"admin"}
         results = live.wait()
         assert {c["status"] for c in results["configs"]} == {"killed"}
         assert _state(admin, live.key)["state"] == "done"
