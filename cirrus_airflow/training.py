@@ -572,8 +572,8 @@ class _Fleet:
         self.totals["examples"] += result["examples"]
         self.totals["updates"] += result["updates"]
         self.totals["loss_sum"] += result["train_loss"] * result["examples"]
-        self.totals["loop_examples"] += result["examples"]
-        self.totals["loop_seconds"] += result["loop_seconds"]
+        self.totals["loop_examples"] += result["examples"] if "loop_seconds" in result else 0
+        self.totals["loop_seconds"] += result.get("loop_seconds", 0.0)  # (worker packages before it had none)
         self.totals["storage_gets"] += result["storage_requests"]["get"]
         self.totals["storage_puts"] += result["storage_requests"]["put"]
         if result["status"] == "handover":

@@ -126,7 +126,7 @@ class CirrusTuneOperator(CirrusBaseOperator):
                                   map_index=-1 if ti.map_index is None else ti.map_index,
                                   output=normalize(self.output_uri), aws_conn_id=self.aws_conn_id)
         link = CirrusDashboardLink()
-        url = link.get_link(self, ti_key=ti)
+        url = link.get_link(self, ti_key=entry)  # (the entry has the task instance's key fields)
         try:
             storage = CirrusHook(aws_conn_id=registry.registry_conn_id()).get_storage()
             uri = registry.register(storage, registry.registry_uri(), entry)

@@ -29,9 +29,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel
 
 from cirrus_airflow.dashboard import registry
-from cirrus_airflow.dashboard.report import embed_json, page
+from cirrus_airflow.dashboard.report import asset, page
 from cirrus_airflow.storage import Storage, join
-from cirrus_airflow.tuning.layout import LIVE, RUNNING, request_kill
+from cirrus_airflow.tuning.layout import LIVE, RUNNING, finite, request_kill
 
 LISTED_RUNS = 50  # the index shows the newest searches only
 
@@ -78,7 +78,8 @@ def _may(user: Any, dag_id: str, method: str) -> bool:
                                                 details=details, user=user)
 
 
-_ALIVE = {"running", "deferred", "queued", "scheduled", "restarting", "up_for_reschedule"}
+# Task states in which the search goes on (a retry resumes it).
+_ALIVE = {"running", "deferred", "queued", "scheduled", "restarting", "up_for_reschedule", "up_for_retry"}
 
 
 def _task_state(entry: registry.RunEntry) -> str | None:
@@ -103,6 +104,7 @@ def _storage(aws_conn_id: str | None) -> Storage:
 
 
 def _registry_storage() -> Storage:
+    """Where the registry is read from: ``[cirrus] dashboard_aws_conn_id`` if it is on S3."""
     return _storage(registry.registry_conn_id())
 
 
@@ -129,7 +131,10 @@ def _live(entry: registry.RunEntry) -> dict:
         if not storage.exists(uri):
             state = {**empty, "state": "starting"}
         else:
-            state = json.loads(storage.read_text(uri))
+            state = finite(json.loads(storage.read_text(uri)))
+            if not isinstance(state, dict) or not isinstance(state.get("configs"), list) or "state" not in state:
+                raise ValueError("it is not a search's state (no 'state' or 'configs')")
+            state = {**empty, **state}
     except Exception as exc:  # noqa: BLE001 - storage, connection or JSON: the page says which
         state = {**empty, "state": "unreadable", "error": f"cannot read {uri}: {exc}"}
     task_state = _task_state(entry)
@@ -139,6 +144,7 @@ def _live(entry: registry.RunEntry) -> dict:
 
 
 def _describe(entry: registry.RunEntry) -> dict:
+    """Which task instance ran the search, and where its files are."""
     return {"key": entry.key, "dag_id": entry.dag_id, "run_id": entry.run_id, "task_id": entry.task_id,
             "map_index": entry.map_index, "output": entry.output, "registered_at": entry.registered_at,
             "task_url": _task_url(entry)}
@@ -154,17 +160,19 @@ def _task_url(entry: registry.RunEntry) -> str:
 
 
 def _audit(entry: registry.RunEntry, user: Any, config: str | None) -> None:
-    """Record a kill in Airflow's audit log (Browse > Audit Log), as the UI's own actions are."""
+    """Record a kill in Airflow's audit log (Browse > Audit Log), as the UI's own actions are
+    (the same owner fields as Airflow's action logging)."""
     from airflow.models.log import Log
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        session.add(Log(event="cirrus.tune.kill", owner=user.get_id(), owner_display_name=user.get_name(),
+        session.add(Log(event="cirrus.tune.kill", owner=user.get_name(), owner_display_name=user.get_name(),
                         extra=json.dumps({"config": config or "all", "output": entry.output}),
                         dag_id=entry.dag_id, run_id=entry.run_id, task_id=entry.task_id, map_index=entry.map_index))
 
 
 def _login(request: Request) -> RedirectResponse:
+    """Airflow's login page, which comes back here once the user has logged in."""
     get_auth_manager = _auth()[0]
     return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)),
                             status_code=status.HTTP_303_SEE_OTHER)
@@ -175,13 +183,14 @@ class KillRequest(BaseModel):
 
 
 def create_app() -> FastAPI:
+    """The dashboard's app; the plugin mounts it at ``URL_PREFIX``."""
     app = FastAPI(title="Cirrus tuning dashboard", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request, user: PageUser) -> Response:
         if user is None:
             return _login(request)
-        return HTMLResponse(page("Tuning runs", _INDEX_SCRIPT, subtitle="Searches by CirrusTuneOperator"))
+        return HTMLResponse(page("Tuning runs", asset("index.js"), subtitle="Searches by CirrusTuneOperator"))
 
     @app.get("/runs/{key}", response_class=HTMLResponse)
     def run_page(key: str, request: Request, user: PageUser) -> Response:
@@ -189,9 +198,9 @@ def create_app() -> FastAPI:
             return _login(request)
         entry = _entry(key, user)
         subtitle = f"DAG {entry.dag_id} · run {entry.run_id} · task {entry.task_id} · {entry.output}"
-        script = _RUN_SCRIPT.replace("__KEY__", embed_json(entry.key))
-        return HTMLResponse(page(f"Search {entry.task_id}", script, subtitle=subtitle,
-                                 links=[("task instance in Airflow", _task_url(entry)), ("all searches", "../")]))
+        return HTMLResponse(page(f"Search {entry.task_id}", asset("run.js"), subtitle=subtitle,
+                                 links=[("task instance in Airflow", _task_url(entry)), ("all searches", "../")],
+                                 attributes={"data-key": entry.key}))
 
     @app.get("/api/runs")
     def list_runs(user: User) -> list[dict]:
@@ -199,7 +208,7 @@ def create_app() -> FastAPI:
         readable = {dag_id: _may(user, dag_id, "GET") for dag_id in {e.dag_id for e in entries}}
         shown = [e for e in entries if readable[e.dag_id]][:LISTED_RUNS]
         out = []
-        for entry in shown:
+        for entry in shown:  # (_live turns a search's own problems into its "unreadable" state)
             state = _live(entry)
             statuses: dict[str, int] = {}
             for config in state["configs"]:
@@ -223,94 +232,8 @@ def create_app() -> FastAPI:
                                 f"the search is {state['state']}: only a running search can be killed")
         if body.config is not None and body.config not in {c["id"] for c in state["configs"]}:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"the search has no configuration {body.config!r}")
+        _audit(entry, user, body.config)  # first: a kill that cannot be recorded is not made
         uri = request_kill(_storage(entry.aws_conn_id), entry.output, body.config)
-        _audit(entry, user, body.config)
         return {"requested": body.config or "all", "uri": uri}
 
     return app
-
-
-_INDEX_SCRIPT = """
-(function () {
-  var root = document.getElementById("root"), message = document.getElementById("message");
-  function cell(row, text, cls) { var td = document.createElement("td"); td.textContent = text;
-    if (cls) td.className = cls; row.appendChild(td); return td; }
-  function draw(runs) {
-    while (root.firstChild) root.removeChild(root.firstChild);
-    if (!runs.length) { root.textContent = "No tuning runs yet: a CirrusTuneOperator task registers its search here.";
-      return; }
-    var table = document.createElement("table"); table.id = "runs";
-    var head = document.createElement("tr");
-    ["search", "DAG", "run", "state", "configurations", "best", "cost", "started"].forEach(function (h) {
-      var th = document.createElement("th"); th.textContent = h; head.appendChild(th); });
-    table.appendChild(head);
-    runs.forEach(function (run) {
-      var row = document.createElement("tr"); row.setAttribute("data-run", run.key);
-      var link = document.createElement("a"); link.href = "runs/" + run.key; link.textContent = run.task_id;
-      cell(row, "").appendChild(link);
-      cell(row, run.dag_id); cell(row, run.run_id);
-      cell(row, "").appendChild(Object.assign(document.createElement("span"),
-        {className: "status " + run.state, textContent: run.state}));
-      cell(row, Object.keys(run.statuses).map(function (k) { return run.statuses[k] + " " + k.replace("_", " "); })
-        .join(", "));
-      cell(row, run.best === null ? "–" : run.metric + " " + run.best.toFixed(4), "num");
-      cell(row, "$" + Number(run.cost_total_usd).toPrecision(3), "num");
-      cell(row, new Date(run.registered_at * 1000).toLocaleString());
-      table.appendChild(row);
-    });
-    root.appendChild(table);
-  }
-  function poll() {
-    fetch("api/runs", {credentials: "same-origin", cache: "no-store"})
-      .then(function (r) {
-        if (r.status === 401) { location.reload(); throw new Error("the session has ended"); }  // to the login
-        if (!r.ok) throw new Error(r.status + " " + r.statusText);
-        return r.json();
-      })
-      .then(function (runs) { message.textContent = ""; message.className = ""; draw(runs); })
-      .catch(function (e) { message.textContent = "could not load the tuning runs: " + e.message;
-                            message.className = "error"; })
-      .finally(function () { setTimeout(poll, 5000); });
-  }
-  poll();
-})();
-"""
-
-_RUN_SCRIPT = """
-(function () {
-  var key = __KEY__, root = document.getElementById("root"), message = document.getElementById("message");
-  var url = "../api/runs/" + key;
-  function say(text, error) { message.textContent = text; message.className = error ? "error" : ""; }
-  function failed(what) {
-    return function (e) { say(what + ": " + e.message, true); };
-  }
-  function json(r) {
-    if (r.status === 401) { location.reload(); throw new Error("the session has ended"); }  // to the login
-    if (r.ok) return r.json();
-    return r.json().catch(function () { return {}; }).then(function (body) {
-      throw new Error(body.detail || (r.status + " " + r.statusText)); });
-  }
-  function kill(config) {
-    fetch(url + "/kill", {method: "POST", credentials: "same-origin", headers: {"Content-Type": "application/json"},
-                          body: JSON.stringify({config: config})})
-      .then(json)
-      .then(function () { say("kill requested for " + (config || "every configuration")); })
-      .catch(failed("could not kill"));
-  }
-  function poll() {
-    fetch(url, {credentials: "same-origin", cache: "no-store"})
-      .then(json)
-      .then(function (state) {
-        if (message.textContent.indexOf("could not load") === 0) say("");
-        if (state.error) say(state.error, true);
-        CirrusPage.render(root, state, {onKill: state.can_kill ? kill : null});
-        document.body.setAttribute("data-state", state.state);
-        if (state.state === "running" || state.state === "starting" || state.state === "unreadable") {
-          setTimeout(poll, 1000);
-        }
-      })
-      .catch(function (e) { failed("could not load the search")(e); setTimeout(poll, 3000); });
-  }
-  poll();
-})();
-"""

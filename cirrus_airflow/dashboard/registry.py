@@ -93,7 +93,11 @@ def find(storage: Storage, registry: str, key: str) -> RunEntry | None:
     if not _KEY.fullmatch(key):
         return None
     try:
-        entry = RunEntry(**json.loads(storage.read_text(join(registry, f"{key}.json"))))
-    except (StorageError, ValueError, TypeError):
+        doc = json.loads(storage.read_text(join(registry, f"{key}.json")))
+        entry = RunEntry(dag_id=str(doc["dag_id"]), run_id=str(doc["run_id"]), task_id=str(doc["task_id"]),
+                         map_index=int(doc["map_index"]), output=str(doc["output"]),
+                         aws_conn_id=None if doc.get("aws_conn_id") is None else str(doc["aws_conn_id"]),
+                         registered_at=float(doc.get("registered_at", 0.0)))
+    except (StorageError, ValueError, TypeError, KeyError):
         return None
     return entry if entry.key == key else None

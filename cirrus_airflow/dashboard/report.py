@@ -29,22 +29,28 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#bcbd22", "#17becf", "#393b79", "#ad494a", "#637939", "#843c39", "#7b4173", "#3182bd")
 
 
-def page(title: str, script: str, *, heading: str | None = None, subtitle: str = "",
-         links: list[tuple[str, str]] = ()) -> str:
+def page(title: str, script: str, *, subtitle: str = "", links: list[tuple[str, str]] = (),
+         attributes: dict[str, str] | None = None) -> str:
     """A whole HTML page: the shared stylesheet and drawing script inlined, then ``script``.
-    ``links`` (text, URL) open in the whole window, not in the Airflow UI's frame."""
+    ``links`` (text, URL) open in the whole window, not in the Airflow UI's frame;
+    ``attributes`` go on <body>, where the page's script reads them."""
+    css = asset("page.css")
+    drawing = asset("page.js")
     anchors = "".join(f' · <a href="{html.escape(url)}" target="_top">{html.escape(text)}</a>' for text, url in links)
-    css = (ASSETS / "page.css").read_text()
-    drawing = (ASSETS / "page.js").read_text()
+    body = "".join(f' {html.escape(k)}="{html.escape(v)}"' for k, v in (attributes or {}).items())
     return (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-        f"<title>{html.escape(title)}</title><style>{css}</style></head><body>"
-        f"<h1>{html.escape(heading or title)}</h1><div class=\"muted\">{html.escape(subtitle)}{anchors}</div>"
+        f"<title>{html.escape(title)}</title><style>{css}</style></head><body{body}>"
+        f"<h1>{html.escape(title)}</h1><div class=\"muted\">{html.escape(subtitle)}{anchors}</div>"
         "<div id=\"message\" role=\"status\"></div><div id=\"root\"></div>"
         f"<script>window.CIRRUS_PALETTE = {json.dumps(PALETTE)};\n{drawing}</script>"
         f"<script>{script}</script></body></html>\n"
     )
+
+
+def asset(name: str) -> str:
+    return (ASSETS / name).read_text()
 
 
 def embed_json(value: object) -> str:
@@ -71,7 +77,8 @@ def plot_png(results: dict, x: str) -> bytes:
     best = (results.get("best") or {}).get("id")
     drawn = 0
     for i, config in enumerate(results["configs"]):
-        points = [(p[x], p["test_loss"]) for p in config.get("curve", []) if p.get(x) is not None]
+        points = [(p[x], p["test_loss"]) for p in config.get("curve", [])
+                  if p.get(x) is not None and p.get("test_loss") is not None]
         if not points:
             continue
         xs, ys = zip(*points)

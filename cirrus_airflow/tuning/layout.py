@@ -6,6 +6,9 @@ Airflow's API server, and ``cirrus-airflow tune kill`` need these and nothing el
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from cirrus_airflow.storage import Storage, join, normalize
 
 LIVE, RESULTS, KILL_FOLDER = "live.json", "results.json", "_kill"
@@ -20,3 +23,15 @@ def request_kill(storage: Storage, output: str, trial_id: str | None = None) -> 
     uri = join(output, KILL_FOLDER, trial_id or "all")
     storage.write_text(uri, "")
     return uri
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity (a diverged loss) replaced by None, at any depth:
+    JSON has no such numbers, and browsers and Starlette refuse Python's spelling of them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value

@@ -39,10 +39,10 @@ import numpy as np
 
 from cirrus_airflow.executor import ExecutorSettings, ServerlessExecutor
 from cirrus_airflow.storage import Storage, StorageError, join, normalize
-from cirrus_airflow.training import TrainConfig, TrainingJob
 from cirrus_airflow.dashboard import report
+from cirrus_airflow.training import TrainConfig, TrainingJob
 from cirrus_airflow.tuning import early_stopping
-from cirrus_airflow.tuning.layout import DONE, KILL_FOLDER, LIVE, RESULTS, RUNNING
+from cirrus_airflow.tuning.layout import DONE, KILL_FOLDER, LIVE, RESULTS, RUNNING, finite
 from ps_service.launcher import start_local_server
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,8 @@ class Search:
     def _run_trial(self, trial: Trial, address: str, token: str) -> None:
         output = join(self.output, "configs", trial.id)
         if trial.stopped_before_start():  # killed (or over budget) while it waited: nothing to pay for
-            self.storage.write_text(join(output, "status.json"), json.dumps(trial.to_json(), sort_keys=True))
+            if trial.status == KILLED:  # a user's decision, kept by a retry; a budget is the retry's own
+                self._save_status(trial, output)
             return
         config = self.config.train_config(trial.params, output, ps_address=address, ps_token=token)
         started = time.monotonic()
@@ -191,7 +192,8 @@ class Search:
             loss = point["test_loss"]
             diverged = not math.isfinite(loss)
             # JSON has no NaN: a diverged evaluation is a gap in the curve, and +inf to the rules (which stop it).
-            trial.curve.append({"t": point["t"], "test_loss": None if diverged else loss, "cost_usd": point["cost_usd"]})
+            trial.curve.append({"t": point["t"], "test_loss": None if diverged else loss,
+                                "cost_usd": point["cost_usd"]})
             resource = time.monotonic() - started if self.config.resource == "seconds" else examples
             with self._lock:
                 go_on = self.rule.report(trial.id, resource, math.inf if diverged else loss)
@@ -211,7 +213,11 @@ class Search:
         except Exception as exc:  # noqa: BLE001 - one configuration's failure is its result, not the search's
             log.warning("configuration %s failed: %s", trial.id, exc)
             trial.fail(str(exc))
-        self.storage.write_text(join(output, "status.json"), json.dumps(trial.to_json(), sort_keys=True))
+        self._save_status(trial, output)
+
+    def _save_status(self, trial: Trial, output: str) -> None:
+        """What a retried search reads to keep a configuration that ended (see _load_finished)."""
+        self.storage.write_text(join(output, "status.json"), json.dumps(finite(trial.to_json()), sort_keys=True))
 
     # -- budgets, retries, results --------------------------------------------------------------------------
 
@@ -254,7 +260,7 @@ class Search:
     def _snapshot(self, state: str) -> dict:
         """The search as it stands: live.json while it runs, results.json at the end."""
         cfg = self.config
-        configs = [t.to_json() for t in self.trials]
+        configs = [finite(t.to_json()) for t in self.trials]
         ranked = [c for c in configs if c["metric"] is not None and c["status"] in (FINISHED, STOPPED_EARLY)]
         best = min(ranked, key=lambda c: c["metric"]) if ranked else None
         return {
@@ -278,7 +284,7 @@ class Search:
     def _publish(self) -> None:
         """Rewrite live.json if anything moved since the last time (at most once a loop, ~1 s).
         A failed write costs the dashboard a second, not the search: the next loop tries again."""
-        body = json.dumps(self._snapshot(RUNNING), sort_keys=True)
+        body = json.dumps(self._snapshot(RUNNING), sort_keys=True, allow_nan=False)
         if body == self._published:
             return
         try:
@@ -291,7 +297,7 @@ class Search:
     def _write_results(self) -> dict:
         results = self._snapshot(DONE)
         results["finished_at"] = time.time()
-        text = json.dumps(results, indent=1, sort_keys=True)
+        text = json.dumps(results, indent=1, sort_keys=True, allow_nan=False)
         self.storage.write_text(results["results_uri"], text)
         self.storage.write_text(join(self.output, LIVE), text)
         report.write_report(self.storage, self.output, results)
@@ -377,10 +383,10 @@ class Trial:
         metric = _finite(summary.get("test_logloss", summary.get("test_rmse")))  # None: diverged, or not ended
         if self.status is not None:
             status = self.status
-        elif self._job is not None:
-            status = "stopping" if self._stop is not None else RUNNING
+        elif self._stop is not None:
+            status = "stopping"  # (one that never started ends without running)
         else:
-            status = "pending"
+            status = RUNNING if self._job is not None else "pending"
         return {
             "id": self.id, "params": self.params, "status": status, "started_at": self.started_at,
             "seconds": self.live.get("t"), "latest_loss": self.curve[-1]["test_loss"] if self.curve else None,

@@ -31,9 +31,11 @@ def test_a_file_cannot_pass_itself_off_as_another_search(tmp_path):
     forged_key = registry.run_key("other_dag", "r", "t")
     (tmp_path / f"{forged_key}.json").write_text(json.dumps({**real.__dict__, "registered_at": 1.0}))
     (tmp_path / "nonsense.json").write_text("{}")
+    odd = {**real.__dict__, "map_index": "x"}
+    (tmp_path / f"{registry.run_key('dag', 'manual__1', 'tune', -1)}.json").write_text(json.dumps(odd))
     assert registry.find(storage, folder, forged_key) is None
     assert registry.find(storage, folder, "../../etc/passwd") is None
-    assert registry.list_runs(storage, folder) == []
+    assert registry.list_runs(storage, folder) == []  # (and the one with a map index of "x" is skipped too)
 
 
 def test_text_from_a_search_cannot_become_markup():
@@ -44,3 +46,13 @@ def test_text_from_a_search_cannot_become_markup():
     results = {"configs": [{"id": hostile, "params": {"a": hostile}, "status": "finished", "metric": 0.5,
                             "curve": []}], "model": "lr", "metric": "test_logloss", "best": None}
     assert "<script>alert(1)" not in report_html(results)
+
+
+def test_diverged_losses_become_null_at_any_depth():
+    from cirrus_airflow.tuning.layout import finite
+
+    doc = {"metric": float("nan"), "curve": [{"test_loss": float("inf")}, {"test_loss": 0.5}], "n": 3,
+           "summary": {"train_loss": float("-inf"), "ok": [1.0, float("nan")]}}
+    assert finite(doc) == {"metric": None, "curve": [{"test_loss": None}, {"test_loss": 0.5}], "n": 3,
+                           "summary": {"train_loss": None, "ok": [1.0, None]}}
+    json.dumps(finite(doc), allow_nan=False)

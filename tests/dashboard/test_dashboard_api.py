@@ -144,10 +144,15 @@ def test_a_search_not_yet_started_or_unreadable_is_shown_as_such(api_server, tmp
     broken_out.mkdir()
     (broken_out / "live.json").write_text("{not json")
     broken = _register(api_server, broken_out, "broken_run")
+    odd_out = tmp_path / "odd"
+    odd_out.mkdir()
+    (odd_out / "live.json").write_text(json.dumps({"configs": "none", "metric": float("nan")}))
+    odd = _register(api_server, odd_out, "odd_run")
     (api_server.registry / ("0" * 20 + ".json")).write_text(json.dumps({"dag_id": "x"}))  # not an entry
     with api_server.client("admin") as admin:
         runs = {r["key"]: r for r in admin.get("/cirrus/api/runs").json()}
         assert runs[starting.key]["state"] == "starting" and runs[broken.key]["state"] == "unreadable"
+        assert runs[odd.key]["state"] == "unreadable"  # JSON, but not a search's state
         assert "cannot read" in _state(admin, broken.key)["error"]
         # A kill before the search starts waits for it.
         assert admin.post(f"/cirrus/api/runs/{starting.key}/kill", json={"config": None}).status_code == 202

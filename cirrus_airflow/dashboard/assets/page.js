@@ -35,7 +35,9 @@ var CirrusPage = (function () {
     var err = span / count / step;
     step *= err >= 7.5 ? 10 : err >= 3.5 ? 5 : err >= 1.5 ? 2 : 1;
     var out = [];
-    for (var v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Number(v.toPrecision(12)));
+    for (var k = Math.ceil(lo / step); k * step <= hi + step * 1e-9 && out.length <= 3 * count; k++) {
+      out.push(Number((k * step).toPrecision(12)));
+    }
     return out;
   }
 
@@ -57,7 +59,8 @@ var CirrusPage = (function () {
     if (!all.length) return null;
     all.sort(function (a, b) { return a - b; });
     var hi = all[Math.min(all.length - 1, Math.floor(all.length * 0.98))];
-    var pad = (hi - lo) * 0.05 || Math.abs(hi) * 0.05 || 0.05;
+    // At least a relative 1e-3 of room: curves that are (nearly) flat still get a readable axis.
+    var pad = Math.max((hi - lo) * 0.05, Math.abs(hi) * 1e-3) || 0.05;
     return [lo - pad, hi + pad];
   }
 
@@ -144,7 +147,7 @@ var CirrusPage = (function () {
 
   // The page is built once and then updated in place: a button the user is about to click
   // must not be replaced under the pointer by the next redraw.
-  function build(root, state, opts) {
+  function build(root, opts) {
     var parts = {summary: el("div", {"class": "summary"}), plots: {}, rows: {}};
     root.appendChild(parts.summary);
     var plots = el("div", {"class": "plots"});
@@ -168,7 +171,7 @@ var CirrusPage = (function () {
       all.onclick = function () {
         if (all.getAttribute("data-armed") === "1") {
           all.disabled = true;
-          opts.onKill(null);
+          opts.onKill(null).catch(function () { all.disabled = false; });
           return;
         }
         all.setAttribute("data-armed", "1");
@@ -241,7 +244,10 @@ var CirrusPage = (function () {
       if (button) r.kill.removeChild(button);
     } else if (!button) {
       button = el("button", {"data-kill": c.id, title: "stop this configuration"}, "Kill");
-      button.onclick = function () { button.disabled = true; opts.onKill(c.id); };
+      button.onclick = function () {
+        button.disabled = true;
+        opts.onKill(c.id).catch(function () { button.disabled = false; });  // failed: it may be pressed again
+      };
       r.kill.appendChild(button);
     }
     if (button && c.status === "stopping") button.disabled = true;
@@ -251,7 +257,7 @@ var CirrusPage = (function () {
     opts = opts || {};
     if (!root.cirrusParts) {
       while (root.firstChild) root.removeChild(root.firstChild);
-      root.cirrusParts = build(root, state, opts);
+      root.cirrusParts = build(root, opts);
     }
     var parts = root.cirrusParts;
     var bestId = state.best ? state.best.id : null;
