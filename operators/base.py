@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -71,9 +72,14 @@ class CirrusBaseOperator(BaseOperator):
             raise failed(f"{what} failed: {event.get('message', event)}")
         return event[key]
 
-    def _cancellable(self, cancel: Callable[[], None] | None) -> None:
-        """Remember how to stop the work in flight (``None`` once it is over)."""
+    @contextlib.contextmanager
+    def _cancellable(self, cancel: Callable[[], None]) -> Iterator[None]:
+        """While the block runs, ``on_kill`` stops its work with ``cancel``."""
         self._cancel = cancel
+        try:
+            yield
+        finally:
+            self._cancel = None
 
     def on_kill(self) -> None:
         """Stop the work in flight, from a thread of its own.

@@ -142,11 +142,8 @@ class CirrusPreprocessOperator(CirrusBaseOperator):
             self.log.info("%s: %d/%d done", stage, done, total)
 
         with hook.get_executor() as executor:
-            self._cancellable(executor.cancel)
-            try:
+            with self._cancellable(executor.cancel):
                 summary = run_preprocess(config, storage=hook.get_storage(), executor=executor, progress=progress)
-            finally:
-                self._cancellable(None)
         return self._report(context, summary)
 
     def execute_complete(self, context: Any, event: dict) -> dict:

@@ -140,11 +140,8 @@ class CirrusTrainOperator(CirrusBaseOperator):
         with hook.get_executor() as executor:
             job = TrainingJob(self._config(address, token), storage=hook.get_storage(), executor=executor,
                               progress=progress)
-            self._cancellable(job.cancel)
-            try:
+            with self._cancellable(job.cancel):
                 summary = job.run()
-            finally:
-                self._cancellable(None)
         return self._report(summary)
 
     def execute_complete(self, context: Any, event: dict) -> dict:

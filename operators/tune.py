@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -110,11 +111,8 @@ class CirrusTuneOperator(CirrusBaseOperator):
 
         search = Search(config, storage=hook.get_storage(), executors=executors_for(hook.settings),
                         progress=progress)
-        self._cancellable(search.cancel)
-        try:
+        with self._cancellable(search.cancel):
             results = search.run()
-        finally:
-            self._cancellable(None)
         return self._report(results)
 
     def _register(self, context: Any) -> None:
@@ -148,9 +146,7 @@ class CirrusTuneOperator(CirrusBaseOperator):
 
 def small_summary(results: dict) -> dict:
     """What goes to XCom: the best configuration and the totals (results.json has the rest)."""
-    statuses: dict[str, int] = {}
-    for config in results["configs"]:
-        statuses[config["status"]] = statuses.get(config["status"], 0) + 1
+    statuses = dict(Counter(config["status"] for config in results["configs"]))
     best = results["best"]
     return {
         "best": None if best is None else {k: best[k] for k in ("id", "params", "metric", "model_uri")},

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import Counter
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -210,9 +211,7 @@ def create_app() -> FastAPI:
         out = []
         for entry in shown:  # (_live turns a search's own problems into its "unreadable" state)
             state = _live(entry)
-            statuses: dict[str, int] = {}
-            for config in state["configs"]:
-                statuses[config["status"]] = statuses.get(config["status"], 0) + 1
+            statuses = dict(Counter(config["status"] for config in state["configs"]))
             best = state.get("best") or {}
             out.append({**state["run"], "state": state["state"], "statuses": statuses, "metric": state["metric"],
                         "best": best.get("metric"), "cost_total_usd": state["cost_total_usd"]})

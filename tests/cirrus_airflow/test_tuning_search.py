@@ -208,3 +208,13 @@ def test_a_diverging_configuration_is_stopped_and_never_the_best(shards, tmp_pat
     for config in saved["configs"]:
         values = [config["metric"], config["best_live_loss"]] + [p["test_loss"] for p in config["curve"]]
         assert all(v is None or math.isfinite(v) for v in values)
+
+
+def test_a_budget_counts_a_configuration_s_spending_while_it_runs(shards, tmp_path, executors):
+    """The only configuration would train 400 epochs; the budget stops it long before it ends,
+    which it could not if worker-seconds were counted only when a configuration ended."""
+    results = _search(shards, tmp_path / "tune", executors, early_stopping="none", budget_worker_seconds=1.0,
+                      base={**BASE, "epochs": 400}, configs=[{"learning_rate": 0.05}]).run()
+    (config,) = results["configs"]
+    assert config["status"] == "over_budget" and config["model_uri"]  # stopped mid-run, model kept
+    assert 1.0 <= config["worker_seconds"] < 10

@@ -62,10 +62,9 @@ def test_on_kill_cancels_from_another_thread_and_never_blocks():
     held = threading.Lock()
     held.acquire()  # what the task's own thread may hold when SIGTERM arrives
     cancelled = threading.Event()
-    op._cancellable(lambda: (held.acquire(), cancelled.set()))
-    op.on_kill()  # returns although the cancel must wait for the lock
-    assert not cancelled.is_set()
-    held.release()
-    assert cancelled.wait(10)
-    op._cancellable(None)
+    with op._cancellable(lambda: (held.acquire(), cancelled.set())):
+        op.on_kill()  # returns although the cancel must wait for the lock
+        assert not cancelled.is_set()
+        held.release()
+        assert cancelled.wait(10)
     op.on_kill()  # nothing in flight: nothing to do
