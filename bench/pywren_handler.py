@@ -42,7 +42,7 @@ def handler(event: dict, context: Any) -> dict:
     batch = Minibatch.of(rows, int(event["bias_key"]))
     grad, loss_sum = batch.gradient(weights[batch.keys])
     computed = time.perf_counter()
-    storage.write_bytes(event["gradient"], batch.keys.tobytes() + grad.tobytes())
+    storage.write_bytes(event["gradient"], batch.keys.astype("<i8").tobytes() + grad.astype("<f4").tobytes())
     written = time.perf_counter()
     return {
         "examples": len(batch),

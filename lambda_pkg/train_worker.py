@@ -30,7 +30,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,11 +108,16 @@ class _Step:
 
     following: Position
     batch: Any  # registry.minibatch(...): keys, gradient(weights), len
-    weights: Future | np.ndarray | None = None  # its keys' weights, once pulled
+    weights: np.ndarray | None = None  # its keys' weights, once pulled
 
 
 class _Loop:
-    """The pipelined training loop of one invocation (see the module docstring)."""
+    """The pipelined training loop of one invocation (see the module docstring).
+
+    The request in flight is sent with ``start_push_pull`` and read after the next
+    gradient: the kernel and the server carry it meanwhile, so no thread of this
+    process shares the interpreter with the arithmetic.
+    """
 
     def __init__(self, ps: PSClient, table: str, make_batch: Any, journal: _Journal, worker: int, *,
                  report_every: int) -> None:
@@ -126,48 +130,46 @@ class _Loop:
         """Train until the work is done or ``stop_reason()`` says why not; returns the status
         and the position to resume from (None: all done): after the last step trained."""
         trained = start
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ps-request") as network:
-            current = self._step(next(batches, None))
-            if current is None:
-                return "done", None
-            current.weights = self.ps.pull(self.table, current.batch.keys)
-            ahead = self._step(next(batches, None))
-            if ahead is not None:
-                ahead.weights = network.submit(self.ps.pull, self.table, ahead.batch.keys)
-            in_flight: Future | None = None
+        current = self._step(next(batches, None))
+        if current is None:
+            return "done", None
+        current.weights = self.ps.pull(self.table, current.batch.keys)
+        ahead = self._step(next(batches, None))
+        in_flight = None if ahead is None else self.ps.start_pull(self.table, ahead.batch.keys)
+        try:
             while True:
-                # While a request is in flight: this step's gradient, and the step after next read.
+                # While ahead's weights (and the previous push) travel: this step's gradient, and the
+                # step after next read.
                 grad, loss_sum = current.batch.gradient(current.weights)
                 after = None if ahead is None else self._step(next(batches, None))
                 if in_flight is not None:
-                    in_flight.result()  # the previous push reached the server (or raises its error)
+                    pending, in_flight = in_flight, None
+                    ahead.weights = pending.wait()
                 reason = None if ahead is None else stop_reason()
                 if reason == "stopped":  # drop this step, which a resumed run will train
                     return reason, trained
                 if reason:
                     after = None  # read ahead, not trained: the next generation starts at this step's end
+                last = ahead is None or reason is not None
+                self._count(current, loss_sum, last=last)  # reports, if due, while nothing is in flight
                 if after is None:
-                    if ahead is not None:
-                        ahead.weights = ahead.weights.result()
                     self.ps.push(self.table, current.batch.keys, grad)
-                    in_flight = None
                 else:
-                    ahead.weights = ahead.weights.result()
-                    after.weights = network.submit(self.ps.push_pull, self.table, current.batch.keys, grad,
-                                                   after.batch.keys)
-                    in_flight = after.weights
-                self._account(current, loss_sum, last=ahead is None or reason is not None)
+                    in_flight = self.ps.start_push_pull(self.table, current.batch.keys, grad, after.batch.keys)
                 trained = current.following
-                if ahead is None:
-                    return "done", None
-                if reason:
-                    return reason, trained
+                self.journal.note(trained, self.stats)
+                if last:
+                    return reason or "done", None if ahead is None else trained
                 current, ahead = ahead, after
+        finally:
+            if in_flight is not None:  # leaving on an error: read the reply, so the client stays usable
+                with contextlib.suppress(PSError):
+                    in_flight.wait()
 
     def _step(self, item: tuple | None) -> _Step | None:
         return None if item is None else _Step(item[0], self.make_batch(item[1]))
 
-    def _account(self, step: _Step, loss_sum: float, *, last: bool) -> None:
+    def _count(self, step: _Step, loss_sum: float, *, last: bool) -> None:
         self.stats["updates"] += 1
         for acc in (self.stats, self.window):
             acc["examples"] += len(step.batch)
@@ -176,7 +178,6 @@ class _Loop:
             self.ps.report(self.table, "train_loss", self.window["loss_sum"] / max(1, self.window["examples"]),
                            count=self.window["examples"], worker=self.worker)
             self.window = {"examples": 0, "loss_sum": 0.0}
-        self.journal.note(step.following, self.stats)
 
 
 class _Journal:

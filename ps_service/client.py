@@ -10,14 +10,19 @@ before any reply is awaited, so the shards work on it at the same time, and the 
 are put back in the caller's key order. Pushes reach every shard, even one that owns
 none of the keys, so all shards count the same updates and learning-rate schedules and
 Adam's bias correction stay identical to a single server's.
+
+``start_pull`` and ``start_push_pull`` send a request and return at once (ps-lite's
+asynchronous push and pull): the caller computes while the request travels and the
+server works, then ``wait()``s for the weights. No thread is involved, so the caller's
+arithmetic does not share the interpreter with a request thread.
 """
 
 from __future__ import annotations
 
 import ssl
+import threading
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -42,6 +47,35 @@ _TRAFFIC_FIELDS = ("requests", "errors", "bad_frames", "auth_failures", "bytes_i
 
 def _no_reply(body: memoryview) -> None:
     return None
+
+
+def _only(parts: list[T]) -> T:
+    return parts[0]
+
+
+class PendingReply(Generic[T]):
+    """A request that was sent and whose reply has not been read yet.
+
+    Until :meth:`wait`, the client's connections belong to this request: another request
+    from the thread that started it is refused (it would wait for itself), one from
+    another thread waits, and a heartbeat is skipped (the request in flight already shows
+    the server that the worker is alive).
+    """
+
+    def __init__(self, client: PSClient, opcode: int, connections: list[Connection],
+                 decode: Callable[[memoryview], Any], combine: Callable[[list[Any]], T]) -> None:
+        self._client, self._opcode, self._connections = client, opcode, connections
+        self._decode, self._combine = decode, combine
+        self.owner = threading.get_ident()
+        self._collected = False
+
+    def wait(self) -> T:
+        """The reply (the pulled weights); raises the server's refusal like the blocking call would."""
+        if self._collected:
+            raise RuntimeError("this reply was already collected; wait() returns it once")
+        self._collected = True
+        self._client._pending = None
+        return self._combine(_collect(self._opcode, self._connections, self._decode))
 
 
 class PSClient:
@@ -76,6 +110,7 @@ class PSClient:
                     shard_address, token, timeout=timeout, max_frame_bytes=max_frame_bytes, tls=context
                 ))
             self._shards = len(self._connections)
+            self._pending: PendingReply[Any] | None = None
             if not member:
                 self._check_group()
         except BaseException:
@@ -135,12 +170,16 @@ class PSClient:
 
     def pull(self, name: str, keys: Any) -> np.ndarray:
         """The current weights of ``keys``, shape (len(keys), width), float32."""
+        return self.start_pull(name, keys).wait()
+
+    def start_pull(self, name: str, keys: Any) -> PendingReply[np.ndarray]:
+        """:meth:`pull` without waiting: ``wait()`` returns the weights."""
         key_array = as_keys(keys)
         if self._shards == 1:
-            return self._one(Opcode.PULL, encode_table_request(name, keys=key_array), decode_array)
+            return self._start(Opcode.PULL, [encode_table_request(name, keys=key_array)], _only)
         split = split_keys(key_array, self._shards)
         parts = [encode_table_request(name, keys=local) for local in split.local_keys]
-        return self._gathered(split, self._scatter(Opcode.PULL, parts, decode_array))
+        return self._start(Opcode.PULL, parts, lambda replies: self._gathered(split, replies))
 
     def push(self, name: str, keys: Any, grads: Any) -> None:
         """Send gradients; rows of repeated keys are summed before the optimizer step."""
@@ -157,16 +196,21 @@ class PSClient:
 
     def push_pull(self, name: str, keys: Any, grads: Any, next_keys: Any) -> np.ndarray:
         """Push this minibatch's gradients and pull the next one's weights in one round trip."""
+        return self.start_push_pull(name, keys, grads, next_keys).wait()
+
+    def start_push_pull(self, name: str, keys: Any, grads: Any, next_keys: Any) -> PendingReply[np.ndarray]:
+        """:meth:`push_pull` without waiting: a worker sends its gradient and the next
+        minibatch's keys, computes, and then ``wait()``s for those weights."""
         key_array, next_array = same_key_dtype(as_keys(keys), as_keys(next_keys))
         values = as_values(name, grads, len(key_array))
         if self._shards == 1:
-            parts = encode_table_request(name, keys=key_array, values=values, next_keys=next_array)
-            return self._one(Opcode.PUSH_PULL, parts, decode_array)
+            request = encode_table_request(name, keys=key_array, values=values, next_keys=next_array)
+            return self._start(Opcode.PUSH_PULL, [request], _only)
         self._check_group_push(name, key_array, values, next_array)
         pushed, pulled = split_keys(key_array, self._shards), split_keys(next_array, self._shards)
         requests = [encode_table_request(name, keys=local, values=rows, next_keys=wanted)
                     for local, rows, wanted in zip(pushed.local_keys, pushed.rows(values), pulled.local_keys)]
-        return self._gathered(pulled, self._scatter(Opcode.PUSH_PULL, requests, decode_array))
+        return self._start(Opcode.PUSH_PULL, requests, lambda replies: self._gathered(pulled, replies))
 
     def get_table(self, name: str) -> np.ndarray:
         """Every row of the table, shape (size, width): for evaluation and export."""
@@ -199,7 +243,7 @@ class PSClient:
         Reports go to the first shard only: they are a time series, not model state.
         """
         request = {"table": name, "name": metric, "value": float(value), "count": int(count), "worker": worker}
-        self._connections[0].request(Opcode.REPORT, [encode_json(request)])
+        self._one(Opcode.REPORT, [encode_json(request)])
 
     def register(self, run: str, worker: str | int, generation: int = 0) -> dict[str, Any]:
         """Claim ``worker``'s slot in ``run`` for this connection before doing any work.
@@ -212,14 +256,21 @@ class PSClient:
         request = [encode_json({"run": run, "worker": worker, "generation": generation})]
         # The first shard decides alone: were all asked at once, two copies of one invocation
         # could each win on some shards, both be refused, and the slot go unworked.
-        admitted = self._connections[0].request(Opcode.REGISTER, request, decode_json)
+        admitted = self._one(Opcode.REGISTER, request, decode_json)
         if self._shards > 1:
             self._scatter(Opcode.REGISTER, [request] * self._shards, decode_json, first=1)
         return admitted
 
     def heartbeat(self) -> None:
-        """Tell the server this worker is alive while it does no requests (e.g. loading a shard)."""
-        self._scatter(Opcode.HEARTBEAT, [[]] * self._shards)
+        """Tell the server this worker is alive while it does no requests (e.g. loading a shard).
+
+        Skipped on a connection that is busy with a request: that request already counts
+        as a heartbeat, and waiting for it would stall the heartbeat behind the worker's
+        pipelined requests.
+        """
+        self._refuse_reentry()
+        idle = [connection for connection in self._connections if connection.lock.acquire(blocking=False)]
+        _collect(Opcode.HEARTBEAT, _begin(Opcode.HEARTBEAT, idle, [[]] * len(idle)), _no_reply)
 
     def deregister(self, reason: str = "finished") -> None:
         """Release the slot: ``finished`` marks the generation's work done, so a retry is refused;
@@ -260,42 +311,30 @@ class PSClient:
         self.close()
 
     def _one(self, opcode: int, parts: list[Buffer], decode: Callable[[memoryview], T] = _no_reply) -> T:
+        self._refuse_reentry()
         return self._connections[0].request(opcode, parts, decode)
 
     def _scatter(self, opcode: int, requests: Sequence[Sequence[Buffer]],
                  decode: Callable[[memoryview], T] = _no_reply, *, first: int = 0) -> list[T]:
-        """Send every shard its request, then collect every reply, even after an error.
-
-        Each connection must read the reply to each request it sent, or its stream would
-        fall out of step; so a refusal from one shard is raised only once all are read.
-        """
+        """Send every shard its request, then collect every reply (see :func:`_collect`)."""
+        self._refuse_reentry()
         if self._shards == 1:
             return [self._connections[0].request(opcode, requests[0], decode)]
         connections = self._connections[first:]
-        requests = requests[first:]
-        for connection, parts in zip(connections, requests):
-            connection.check_length(parts)  # before any shard is sent its part
-        results: list[T] = []
-        failure: BaseException | None = None
-        with ExitStack() as locks:
-            for connection in connections:
-                locks.enter_context(connection.lock)
-            sent = []
-            for connection, parts in zip(connections, requests):
-                try:
-                    connection.begin(opcode, parts)
-                except Exception as error:
-                    failure = error
-                    break
-                sent.append(connection)
-            for connection in sent:
-                try:
-                    results.append(connection.finish(opcode, decode))
-                except Exception as error:
-                    failure = failure or error
-        if failure is not None:
-            raise failure
-        return results
+        return _collect(opcode, _begin(opcode, connections, requests[first:], lock=True), decode)
+
+    def _start(self, opcode: int, requests: Sequence[Sequence[Buffer]],
+               combine: Callable[[list[np.ndarray]], T]) -> PendingReply[T]:
+        """Send every shard its request and return without reading the replies."""
+        self._refuse_reentry()
+        connections = _begin(opcode, self._connections, requests, lock=True)
+        self._pending = PendingReply(self, opcode, connections, decode_array, combine)
+        return self._pending
+
+    def _refuse_reentry(self) -> None:
+        pending = self._pending
+        if pending is not None and pending.owner == threading.get_ident():
+            raise RuntimeError("this client has a request in flight: wait() for its reply before the next request")
 
     def _check_group_push(self, name: str, keys: np.ndarray, values: np.ndarray,
                           next_keys: np.ndarray | None = None) -> None:
@@ -328,7 +367,7 @@ class PSClient:
     def _table_shape(self, name: str) -> tuple[int, int] | None:
         """The table's global (size, width), from create_table or, once per table, the first shard's status."""
         if name not in self._shapes:
-            tables = self._connections[0].request(Opcode.STATUS, [], decode_json)["tables"]
+            tables = self._one(Opcode.STATUS, [], decode_json)["tables"]
             self._shapes.update({table: (int(document["spec"]["size"]), int(document["spec"]["width"]))
                                  for table, document in tables.items()})
         return self._shapes.get(name)
@@ -336,6 +375,58 @@ class PSClient:
     @staticmethod
     def _gathered(split: Split, parts: list[np.ndarray]) -> np.ndarray:
         return split.gather(parts, max(part.shape[1] for part in parts))
+
+
+def _begin(opcode: int, connections: list[Connection], requests: Sequence[Sequence[Buffer]], *,
+           lock: bool = False) -> list[Connection]:
+    """Send each connection its request, holding its lock until :func:`_collect` (acquired
+    here if ``lock``, else already held by the caller); returns the connections that now
+    owe a reply.
+
+    Nothing is sent unless every part fits its frame limit. If a send fails, the replies
+    already owed are read (the streams stay in step) before the error is raised.
+    """
+    if lock:
+        for connection in connections:
+            connection.lock.acquire()
+    sent: list[Connection] = []
+    try:
+        for connection, parts in zip(connections, requests):
+            connection.check_length(parts)
+        for connection, parts in zip(connections, requests):
+            connection.begin(opcode, parts)
+            sent.append(connection)
+    except BaseException:
+        for connection in connections[len(sent):]:
+            connection.lock.release()
+        try:
+            _collect(opcode, sent, _no_reply)
+        except Exception:
+            pass  # the send's own error is the one to report
+        raise
+    return sent
+
+
+def _collect(opcode: int, connections: list[Connection], decode: Callable[[memoryview], T]) -> list[T]:
+    """Read every connection's reply, then release the connections' locks.
+
+    Each connection must read the reply to each request it sent, or its stream would
+    fall out of step; so a refusal from one shard is raised only once all are read.
+    """
+    results: list[T] = []
+    failure: BaseException | None = None
+    try:
+        for connection in connections:
+            try:
+                results.append(connection.finish(opcode, decode))
+            except Exception as error:
+                failure = failure or error
+    finally:
+        for connection in connections:
+            connection.lock.release()
+    if failure is not None:
+        raise failure
+    return results
 
 
 def tls_context(tls: ssl.SSLContext | str | bool | None) -> ssl.SSLContext | None:
