@@ -125,13 +125,13 @@ class SparseRows:
         table = table.combine_chunks()
         indices = table.column("indices").chunk(0) if table.num_rows else pa.array([], pa.list_(pa.int32()))
         values = table.column("values").chunk(0) if table.num_rows else pa.array([], pa.list_(pa.float32()))
-        base = indices.offsets.to_numpy()
+        base = numpy_view(indices.offsets, np.int32)
         lo, hi = int(base[0]), int(base[-1])
         return cls(
-            labels=table.column("label").to_numpy().astype(np.float32, copy=False),
+            labels=numpy_view(table.column("label"), np.float32),
             indptr=(base - lo).astype(np.int64),
-            indices=indices.values.to_numpy()[lo:hi],
-            values=values.values.to_numpy()[lo:hi],
+            indices=numpy_view(indices.values, np.int32)[lo:hi],
+            values=numpy_view(values.values, np.float32)[lo:hi],
         )
 
 
@@ -166,7 +166,8 @@ class RatingRows:
         if table.schema.remove_metadata() != RATINGS_SCHEMA:
             raise ValueError(f"not a ratings shard: schema is {table.schema}, expected {RATINGS_SCHEMA}")
         table = table.combine_chunks()
-        return cls(*(table.column(name).to_numpy() for name in ("user", "item", "rating")))
+        return cls(*(numpy_view(table.column(name), dtype)
+                     for name, dtype in (("user", np.int32), ("item", np.int32), ("rating", np.float32))))
 
 
 def rows_from_arrow(table: pa.Table) -> SparseRows | RatingRows:
@@ -174,6 +175,22 @@ def rows_from_arrow(table: pa.Table) -> SparseRows | RatingRows:
     if table.schema.remove_metadata() == RATINGS_SCHEMA:
         return RatingRows.from_arrow(table)
     return SparseRows.from_arrow(table)
+
+
+def numpy_view(column: pa.Array | pa.ChunkedArray, dtype: type) -> np.ndarray:
+    """A primitive column of one chunk (or none) as a numpy view of its buffer, no copy.
+
+    Not ``to_numpy()``: pyarrow's imports pandas, about 0.3 s that a worker would pay at
+    its first shard, on the critical path of a run's start.
+    """
+    array = column.chunk(0) if isinstance(column, pa.ChunkedArray) and column.num_chunks else column
+    if isinstance(array, pa.ChunkedArray):  # no chunks: no rows
+        return np.empty(0, dtype=dtype)
+    if array.null_count:
+        raise ValueError(f"a shard column of {array.type} holds {array.null_count} nulls; shards have none: "
+                         "re-run preprocessing to rewrite them")
+    item = np.dtype(dtype)
+    return np.frombuffer(array.buffers()[1], dtype=item, count=len(array), offset=array.offset * item.itemsize)
 
 
 def arrow_array(values: np.ndarray, dtype: type) -> pa.Array:

@@ -1,9 +1,20 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from cirrus_airflow.shards import Manifest, ShardReader, SparseRows, read_manifest, write_manifest, write_shard
+from cirrus_airflow.shards import (
+    Manifest,
+    RatingRows,
+    ShardReader,
+    SparseRows,
+    read_manifest,
+    write_manifest,
+    write_shard,
+)
 from cirrus_airflow.storage import Storage, StorageError
 
 
@@ -89,3 +100,25 @@ def test_manifest_round_trip_and_missing_manifest_message(tmp_path):
     assert back.shard_uris(str(tmp_path), "train") == [str(tmp_path / "shards" / "part-00000.parquet")]
     with pytest.raises(StorageError, match="preprocessing has not finished there"):
         read_manifest(Storage(), str(tmp_path / "elsewhere"))
+
+
+def test_reading_a_shard_leaves_pandas_unimported(tmp_path):
+    """pyarrow's to_numpy imports pandas, some 0.3 s that a worker would pay before its first step."""
+    uri = str(tmp_path / "part-00000.parquet")
+    write_shard(Storage(), uri, _rows(), row_group_rows=300)
+    ratings_uri = str(tmp_path / "part-00001.parquet")
+    write_shard(Storage(), ratings_uri, RatingRows(np.arange(5, dtype=np.int32), np.arange(5, dtype=np.int32),
+                                                  np.ones(5, dtype=np.float32)).to_arrow(), row_group_rows=2)
+    script = (f"import sys\nfrom cirrus_airflow.shards import ShardReader\nfrom cirrus_airflow.storage import Storage\n"
+              f"for uri in {[uri, ratings_uri]!r}:\n    ShardReader(Storage(), uri).row_group(1)\n"
+              "print('pandas' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_a_shard_column_with_nulls_is_refused():
+    with pytest.raises(ValueError, match="nulls"):
+        SparseRows.from_arrow(pa.table({"label": pa.array([1.0, None], pa.float32()),
+                                        "indices": pa.array([[1], [2]], pa.list_(pa.int32())),
+                                        "values": pa.array([[1.0], [1.0]], pa.list_(pa.float32()))}))
