@@ -81,7 +81,8 @@ def worker_task(event: dict, context: Any) -> dict:
                     "storage_requests": {"get": 0, "put": 0}}
         loop = _Loop(ps, table, lambda rows: registry.minibatch(model, params, rows), journal, worker,
                      report_every=max(1, int(event.get("report_every", 20))))
-        with _heartbeats(ps, float(event.get("heartbeat_s", HEARTBEAT_S))), contextlib.closing(batches):
+        with _heartbeats(ps, float(event.get("heartbeat_s", HEARTBEAT_S))), contextlib.closing(reader), \
+                contextlib.closing(batches):
             looped = time.perf_counter()
             status, position = loop.run(batches, lambda: _stop_reason(ps, context, deadline, margin_ms), start)
             loop_seconds = time.perf_counter() - looped

@@ -2,6 +2,7 @@
 Lambda time limit."""
 
 import json
+import threading
 import time
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from cirrus_airflow.shards import SparseRows, write_shard
 from cirrus_airflow.storage import Storage
-from lambda_pkg.data_iterator import Position, UnitReader, minibatches
+from lambda_pkg.data_iterator import READ_AHEAD, Position, UnitReader, minibatches
 from lambda_pkg.train_worker import worker_task
 from ps_service.client import PSClient
 from ps_service.server import ParameterServer
@@ -112,6 +113,39 @@ def test_positions_cover_every_minibatch_once_from_any_start(tmp_path):
     # Resuming from the position after any batch gives exactly the rest.
     for cut in (1, 7, len(full) // 2, len(full) - 1):
         assert run(full[cut - 1][0]) == full[cut:]
+
+
+class _GatedReader:
+    """A UnitReader whose first ``gate`` reads only proceed together: were the reads one at
+    a time, the first would wait at the barrier until it broke."""
+
+    def __init__(self, gate: int) -> None:
+        self.real, self.calls = UnitReader(Storage()), 0
+        self.barrier = threading.Barrier(gate, timeout=10)
+        self.lock = threading.Lock()
+
+    def read(self, unit):
+        with self.lock:
+            self.calls += 1
+            gated = self.calls <= self.barrier.parties
+        if gated:
+            self.barrier.wait()
+        return self.real.read(unit)
+
+
+def test_row_groups_are_read_several_at_once_and_ahead_across_epochs(tmp_path):
+    units = [tuple(u) for u in _shards(tmp_path, n_shards=2, rows=250)]  # 6 row groups
+    reader = _GatedReader(READ_AHEAD)
+    batches = minibatches(units, reader=reader, minibatch=40, epochs=2, seed=3, worker=1, start=Position())
+    for following, _rows in batches:
+        if following == Position(1, 0, 0):  # the last minibatch of the first epoch
+            give_up = time.monotonic() + 10
+            while reader.calls <= len(units) and time.monotonic() < give_up:
+                time.sleep(0.01)
+            assert reader.calls > len(units)  # the next epoch's first row groups are on their way
+    batches.close()
+    reader.real.close()
+    assert reader.calls == 2 * len(units)
 
 
 def test_a_duplicated_invocation_is_refused_and_does_no_work(tmp_path, server):
