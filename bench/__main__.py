@@ -13,6 +13,9 @@ def main() -> None:
     args = parser.parse_args()
     preprocess.main(["--rows", "100000"] if args.quick else [])
     train.main(["--rows", "100000"] if args.quick else [])
+    # The same comparison with the data and every exchange through storage in an S3 API (moto on loopback).
+    train.main(["--workers", "1", "--rounds", "1", "--storage", "s3",
+                *(["--rows", "100000", "--cap", "20"] if args.quick else ["--cap", "150"])])
     quality.main([])
     tune.main(["--rows", "50000", "--epochs", "3"] if args.quick else [])
     ps.main(["--quick"] if args.quick else [])

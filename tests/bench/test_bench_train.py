@@ -5,6 +5,7 @@ timings are not. The PyWren-style step and its schedule are also checked on thei
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 import sys
@@ -40,11 +41,12 @@ ROW = re.compile(rf"^  (?P<name>.+?)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x(?:\s+(?P<
 
 
 def test_bench_train_runs_every_method_and_prints_the_table() -> None:
-    command = [sys.executable, "-m", "bench.train", "--rows", "20000", "--epochs", "1", "--cap", "10"]
+    command = [sys.executable, "-m", "bench.train", "--rows", "20000", "--epochs", "1", "--cap", "10", "--rounds", "2"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert re.search(r"target: test log loss \d\.\d{4}", out), out
+    assert "the fastest of 2 interleaved rounds each" in out, out
     rows = [m for m in map(ROW.match, out.splitlines()) if m]
     # scikit-learn runs where the bench extra is installed, and is reported as skipped elsewhere (CI).
     sklearn = [SKLEARN] if "scikit-learn baseline skipped" not in out else []
@@ -64,6 +66,22 @@ def test_bench_train_runs_every_method_and_prints_the_table() -> None:
     assert [m["name"] for m in rows if m["loop"]] == ["cirrus, 1 worker + PS", "cirrus, 2 workers + PS"], out
     assert all(float(m["loop"]) > 0 for m in rows if m["loop"]), out
     assert all(float(m["loss"]) > 0 for m in rows), out
+
+
+def test_bench_train_on_s3_keeps_data_and_exchanges_in_a_moto_server() -> None:
+    command = [sys.executable, "-m", "bench.train", "--rows", "20000", "--epochs", "1", "--cap", "5",
+               "--workers", "1", "--rounds", "1", "--storage", "s3"]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=280, env=environment)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert re.search(rf"data in S3 \(a moto server on loopback: a model-sized PUT {NUMBER} ms, GET {NUMBER} ms\)",
+                     out), out
+    names = [m["name"] for m in map(ROW.match, out.splitlines()) if m]
+    assert names[:3] == ["1 process, in memory", "cirrus, 1 worker + PS", "PyWren-style, 1 worker"], out
+    # Its steps went to S3: each storage part of a step is an HTTP request, well over the page cache's.
+    storage_ms = re.search(rf"PyWren-style, 1 worker: .* storage (?P<ms>{NUMBER}) \(", out)
+    assert storage_ms and float(storage_ms["ms"]) > 5, out
 
 
 def _rows(n: int, seed: int) -> SparseRows:
