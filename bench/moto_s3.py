@@ -39,11 +39,12 @@ def moto_s3(timeout_s: float = 30.0) -> Iterator[str]:
     except ImportError as error:
         raise MotoUnavailable(f"{error} (install the dev extra: pip install -e '.[dev]')") from None
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     saved = {name: os.environ.get(name) for name in (*_ENVIRONMENT, "AWS_ENDPOINT_URL_S3")}
-    os.environ.update({**_ENVIRONMENT, "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}"})
+    server: subprocess.Popen | None = None
     try:
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.environ.update({**_ENVIRONMENT, "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}"})
         _create_bucket(server, timeout_s)
         yield f"s3://{BUCKET}"
     finally:
@@ -52,12 +53,13 @@ def moto_s3(timeout_s: float = 30.0) -> Iterator[str]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        if server is not None:
+            server.terminate()
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
 
 
 def upload_tree(folder: Path, prefix: str) -> None:

@@ -586,6 +586,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="where the data and every exchange through storage go: local files, or an S3 API "
                              "on loopback (a moto server)")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     with tempfile.TemporaryDirectory(prefix="cirrus-bench-") as tmp:
         root = Path(tmp)
         write_synthetic_criteo(Storage(), str(root / "clicks.tsv"), rows=args.rows, seed=0)

@@ -190,7 +190,9 @@ def numpy_view(column: pa.Array | pa.ChunkedArray, dtype: type) -> np.ndarray:
         raise ValueError(f"a shard column of {array.type} holds {array.null_count} nulls; shards have none: "
                          "re-run preprocessing to rewrite them")
     item = np.dtype(dtype)
-    return np.frombuffer(array.buffers()[1], dtype=item, count=len(array), offset=array.offset * item.itemsize)
+    view = np.frombuffer(array.buffers()[1], dtype=item, count=len(array), offset=array.offset * item.itemsize)
+    view.flags.writeable = False  # Arrow's memory, perhaps shared: as read-only as to_numpy's views
+    return view
 
 
 def arrow_array(values: np.ndarray, dtype: type) -> pa.Array:

@@ -138,5 +138,5 @@ def minibatches(
                 if following.unit == len(units):
                     following = Position(epoch + 1, 0, 0)
                 yield following, rows.slice(b * minibatch, min(len(rows), (b + 1) * minibatch))
-    finally:  # a worker that stops early does not wait for reads it will never use
+    finally:  # a worker that stops early waits only for the reads already running
         pool.shutdown(wait=True, cancel_futures=True)

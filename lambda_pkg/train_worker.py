@@ -38,7 +38,7 @@ import numpy as np
 from cirrus_airflow.models import registry
 from cirrus_airflow.storage import Storage
 from lambda_pkg.data_iterator import Position, UnitReader, minibatches
-from ps_service.client import PSClient
+from ps_service.client import PendingReply, PSClient
 from ps_service.errors import PSAuthError, PSConnectionError, PSError
 
 log = logging.getLogger(__name__)
@@ -140,12 +140,15 @@ class _Loop:
         try:
             while True:
                 # While ahead's weights (and the previous push) travel: this step's gradient, and the
-                # step after next read.
+                # step after next read. A read that starts a new row group may wait on storage, so the
+                # reply is collected first: nothing is in flight while the worker waits, and the
+                # heartbeats (which skip a busy connection) keep reaching the server.
                 grad, loss_sum = current.batch.gradient(current.weights)
+                if in_flight is not None and ahead.following.batch == 0:
+                    ahead.weights, in_flight = self._collect(in_flight, trained)
                 after = None if ahead is None else self._step(next(batches, None))
                 if in_flight is not None:
-                    pending, in_flight = in_flight, None
-                    ahead.weights = pending.wait()
+                    ahead.weights, in_flight = self._collect(in_flight, trained)
                 reason = None if ahead is None else stop_reason()
                 if reason == "stopped":  # drop this step, which a resumed run will train
                     return reason, trained
@@ -158,14 +161,20 @@ class _Loop:
                 else:
                     in_flight = self.ps.start_push_pull(self.table, current.batch.keys, grad, after.batch.keys)
                 trained = current.following
-                self.journal.note(trained, self.stats)
                 if last:
                     return reason or "done", None if ahead is None else trained
                 current, ahead = ahead, after
         finally:
             if in_flight is not None:  # leaving on an error: read the reply, so the client stays usable
-                with contextlib.suppress(PSError):
+                with contextlib.suppress(Exception):
                     in_flight.wait()
+
+    def _collect(self, in_flight: PendingReply, trained: Position) -> tuple[np.ndarray, None]:
+        """The reply in flight. Its push has then reached the server, so the journal may say the
+        steps up to ``trained`` are done (a write to storage, made while nothing is in flight)."""
+        weights = in_flight.wait()
+        self.journal.note(trained, self.stats)
+        return weights, None
 
     def _step(self, item: tuple | None) -> _Step | None:
         return None if item is None else _Step(item[0], self.make_batch(item[1]))

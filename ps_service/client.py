@@ -58,8 +58,9 @@ class PendingReply(Generic[T]):
 
     Until :meth:`wait`, the client's connections belong to this request: another request
     from the thread that started it is refused (it would wait for itself), one from
-    another thread waits, and a heartbeat is skipped (the request in flight already shows
-    the server that the worker is alive).
+    another thread waits, and a heartbeat is skipped. Call :meth:`wait` soon, and before
+    anything that may block for long (a read from storage): the server sees the worker
+    alive only when a frame arrives.
     """
 
     def __init__(self, client: PSClient, opcode: int, connections: list[Connection],
@@ -68,12 +69,14 @@ class PendingReply(Generic[T]):
         self._decode, self._combine = decode, combine
         self.owner = threading.get_ident()
         self._collected = False
+        self._once = threading.Lock()
 
     def wait(self) -> T:
         """The reply (the pulled weights); raises the server's refusal like the blocking call would."""
-        if self._collected:
-            raise RuntimeError("this reply was already collected; wait() returns it once")
-        self._collected = True
+        with self._once:
+            if self._collected:
+                raise RuntimeError("this reply was already collected; wait() returns it once")
+            self._collected = True
         self._client._pending = None
         return self._combine(_collect(self._opcode, self._connections, self._decode))
 
@@ -264,9 +267,9 @@ class PSClient:
     def heartbeat(self) -> None:
         """Tell the server this worker is alive while it does no requests (e.g. loading a shard).
 
-        Skipped on a connection that is busy with a request: that request already counts
-        as a heartbeat, and waiting for it would stall the heartbeat behind the worker's
-        pipelined requests.
+        Skipped on a connection that is busy with a request in flight: waiting for it would
+        stall the heartbeat behind the worker's pipelined requests, whose replies come within
+        milliseconds (and a worker waits for its reply before it waits on storage).
         """
         self._refuse_reentry()
         idle = [connection for connection in self._connections if connection.lock.acquire(blocking=False)]
@@ -383,21 +386,28 @@ def _begin(opcode: int, connections: list[Connection], requests: Sequence[Sequen
     here if ``lock``, else already held by the caller); returns the connections that now
     owe a reply.
 
-    Nothing is sent unless every part fits its frame limit. If a send fails, the replies
-    already owed are read (the streams stay in step) before the error is raised.
+    Nothing is sent unless every part fits its frame limit. If a send fails, that
+    connection is closed (part of a frame may have gone out) and the replies already owed
+    are read (the other streams stay in step) before the error is raised.
     """
-    if lock:
-        for connection in connections:
-            connection.lock.acquire()
+    held: list[Connection] = [] if lock else list(connections)
     sent: list[Connection] = []
     try:
+        if lock:
+            for connection in connections:
+                connection.lock.acquire()
+                held.append(connection)
         for connection, parts in zip(connections, requests):
             connection.check_length(parts)
         for connection, parts in zip(connections, requests):
-            connection.begin(opcode, parts)
+            try:
+                connection.begin(opcode, parts)
+            except BaseException:
+                connection.close()
+                raise
             sent.append(connection)
     except BaseException:
-        for connection in connections[len(sent):]:
+        for connection in held[len(sent):]:
             connection.lock.release()
         try:
             _collect(opcode, sent, _no_reply)

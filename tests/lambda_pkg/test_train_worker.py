@@ -8,10 +8,11 @@ import time
 import numpy as np
 import pytest
 
+from cirrus_airflow.models.logistic import Minibatch
 from cirrus_airflow.shards import SparseRows, write_shard
 from cirrus_airflow.storage import Storage
 from lambda_pkg.data_iterator import READ_AHEAD, Position, UnitReader, minibatches
-from lambda_pkg.train_worker import worker_task
+from lambda_pkg.train_worker import _Journal, _Loop, worker_task
 from ps_service.client import PSClient
 from ps_service.server import ParameterServer
 
@@ -146,6 +147,30 @@ def test_row_groups_are_read_several_at_once_and_ahead_across_epochs(tmp_path):
     batches.close()
     reader.real.close()
     assert reader.calls == 2 * len(units)
+
+
+def test_nothing_is_in_flight_while_the_worker_may_wait_on_storage(tmp_path, server):
+    """A read that starts a row group may wait on storage (seconds, on a bad day); the reply in
+    flight is collected first, so the heartbeat thread, which skips a busy connection, beats."""
+    units = [tuple(u) for u in _shards(tmp_path, n_shards=1, rows=300)]  # 3 row groups of 100 rows
+    with PSClient(server.address, token="t0ken") as ps:
+        ps.create_table("w", size=DIM + 1, optimizer="sgd", learning_rate=0.1)
+        idle_at_boundaries = []
+
+        def watched():
+            crossing = True
+            for following, rows in minibatches(units, reader=UnitReader(Storage()), minibatch=20, epochs=2,
+                                               seed=1, worker=0, start=Position()):
+                if crossing:  # this item came from a new row group: the iterator may have waited for it
+                    idle_at_boundaries.append(ps._pending is None)
+                crossing = following.batch == 0
+                yield following, rows
+
+        loop = _Loop(ps, "w", lambda rows: Minibatch.of(rows, DIM), _Journal(Storage(), None, 0, 0, every_s=5),
+                     0, report_every=5)
+        assert loop.run(watched(), lambda: None, Position()) == ("done", None)
+    assert len(idle_at_boundaries) == 6 and all(idle_at_boundaries), idle_at_boundaries
+    assert loop.stats["examples"] == 2 * 300
 
 
 def test_a_duplicated_invocation_is_refused_and_does_no_work(tmp_path, server):
