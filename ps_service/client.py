@@ -54,7 +54,7 @@ def _only(parts: list[T]) -> T:
 
 
 class PendingReply(Generic[T]):
-    """A request that was sent and whose reply has not been read yet.
+    """A request that was sent and whose reply (an array of rows) has not been read yet.
 
     Until :meth:`wait`, the client's connections belong to this request: another request
     from the thread that started it is refused (it would wait for itself), one from
@@ -64,9 +64,8 @@ class PendingReply(Generic[T]):
     """
 
     def __init__(self, client: PSClient, opcode: int, connections: list[Connection],
-                 decode: Callable[[memoryview], Any], combine: Callable[[list[Any]], T]) -> None:
-        self._client, self._opcode, self._connections = client, opcode, connections
-        self._decode, self._combine = decode, combine
+                 combine: Callable[[list[np.ndarray]], T]) -> None:
+        self._client, self._opcode, self._connections, self._combine = client, opcode, connections, combine
         self.owner = threading.get_ident()
         self._collected = False
         self._once = threading.Lock()
@@ -78,7 +77,7 @@ class PendingReply(Generic[T]):
                 raise RuntimeError("this reply was already collected; wait() returns it once")
             self._collected = True
         self._client._pending = None
-        return self._combine(_collect(self._opcode, self._connections, self._decode))
+        return self._combine(_collect(self._opcode, self._connections, decode_array))
 
 
 class PSClient:
@@ -331,7 +330,7 @@ class PSClient:
         """Send every shard its request and return without reading the replies."""
         self._refuse_reentry()
         connections = _begin(opcode, self._connections, requests, lock=True)
-        self._pending = PendingReply(self, opcode, connections, decode_array, combine)
+        self._pending = PendingReply(self, opcode, connections, combine)
         return self._pending
 
     def _refuse_reentry(self) -> None:
