@@ -15,59 +15,39 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ps_service import checkpoint
 
 from ps_service.addresses import format_address
-from ps_service.auth import DIGEST_BYTES, new_nonce, verify
-from ps_service.errors import ProtocolError, PSAuthError, PSError, PSStartupError
+from ps_service.errors import ProtocolError, PSError, PSStartupError
 from ps_service.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
-    FLAG_STOP,
-    HEADER,
-    HEADER_SIZE,
     VERSION,
     Buffer,
     Opcode,
     Status,
     TableRequest,
-    decode_header,
     decode_json,
-    encode_hello,
     decode_table_request,
     encode_array,
-    encode_header,
     encode_json,
     encode_text,
-    frame_length,
 )
+from ps_service.server_connection import ConnectionSettings, ServerConnection, Session, Traffic
 from ps_service.store import TableStore
 from ps_service.workers import ACTIVE, Registration, WorkerRegistry
 
 log = logging.getLogger(__name__)
 
-_COALESCE_BYTES = 64 * 1024
-_STREAM_LIMIT = 1 << 20
 _CLOSE_GRACE_S = 1.0
 _RATE_WINDOW_S = 10.0
-
-
-@dataclass
-class _Session:
-    """One connection's state: who it is, when it last did something, which slot it holds."""
-
-    peer: str
-    writer: asyncio.StreamWriter
-    last_activity: float = field(default_factory=time.monotonic)
-    registration: Registration | None = None
 
 
 @dataclass
@@ -81,21 +61,7 @@ class _CheckpointState:
     changes_saved: int = 0
 
 
-Handler = Callable[[Buffer, _Session], tuple[list[Buffer], str | None]]
-
-
-@dataclass
-class _Traffic:
-    """Counters for the status call; keys_in counts pushed rows, keys_out pulled rows."""
-
-    requests: int = 0
-    errors: int = 0
-    bad_frames: int = 0
-    auth_failures: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    keys_in: int = 0
-    keys_out: int = 0
+Handler = Callable[[Buffer, Session], tuple[list[Buffer], str | None]]
 
 
 class ParameterServer:
@@ -148,13 +114,13 @@ class ParameterServer:
         self._changes = 0
         self._writing: asyncio.Future[str] | None = None
         self._rate_samples: deque[tuple[float, int]] = deque()
-        self._traffic = _Traffic()
+        self.traffic = Traffic()
         self._clients = 0
         self._started_at = 0.0
         self._address: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shutdown: asyncio.Event | None = None
-        self._connections: dict[asyncio.Task[None], _Session] = {}
+        self._connections: set[ServerConnection] = set()
         self._thread: threading.Thread | None = None
         self._handlers: dict[int, Handler] = {
             Opcode.CREATE_TABLE: self._create_table,
@@ -189,8 +155,12 @@ class ParameterServer:
         try:
             if self._restore_uri is not None:
                 await self._restore(self._restore_uri)
-            listener = await asyncio.start_server(
-                self._on_connection, self._host, self._port, limit=_STREAM_LIMIT, ssl=self._tls
+            settings = ConnectionSettings(
+                token=self._token, max_frame_bytes=self._max_frame_bytes,
+                handshake_timeout_s=self._handshake_timeout_s, shard=self._store.shard, shards=self._store.shards,
+            )
+            listener = await self._loop.create_server(
+                lambda: ServerConnection(self, settings), self._host, self._port, ssl=self._tls
             )
         except checkpoint.CheckpointError as error:
             self._loop = None
@@ -276,131 +246,46 @@ class ParameterServer:
     async def _close(self, listener: asyncio.Server) -> None:
         """Close every connection; abort those still flushing replies after a short grace period.
 
-        A graceful close ends each handler with EOF once its transport has sent what it holds,
-        but a client that stopped reading never lets that happen: its transport is aborted and
-        its task cancelled, so a stalled peer cannot keep the server from stopping.
+        A graceful close ends each connection once its transport has sent what it holds, but
+        a client that stopped reading never lets that happen: its transport is aborted, so a
+        stalled peer cannot keep the server from stopping.
         """
         listener.close()
-        connections = dict(self._connections)
-        for session in connections.values():
-            session.writer.close()
+        connections = list(self._connections)
+        for connection in connections:
+            connection.close()
         if connections:
-            _finished, stalled = await asyncio.wait(list(connections), timeout=_CLOSE_GRACE_S)
-            for task in stalled:
-                log.warning("aborting connection from %s: it stopped reading replies", connections[task].peer)
-                connections[task].writer.transport.abort()
-                task.cancel()
+            closing = {connection.closed: connection for connection in connections}
+            _finished, stalled = await asyncio.wait(closing, timeout=_CLOSE_GRACE_S)
+            for future in stalled:
+                log.warning("aborting connection from %s: it stopped reading replies", closing[future].session.peer)
+                closing[future].abort()
             await asyncio.gather(*stalled, return_exceptions=True)
         await listener.wait_closed()
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        peer = _peer_name(writer.get_extra_info("peername"))
-        session = self._connections[task] = _Session(peer, writer)
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            if await self._handshake(reader, writer, peer):
-                self._clients += 1
-                try:
-                    await self._serve_requests(reader, writer, session)
-                finally:
-                    self._clients -= 1
-        except (asyncio.IncompleteReadError, ConnectionError) as error:
-            log.debug("connection from %s ended: %r", peer, error)
-        except asyncio.CancelledError:
-            # Cancellation only comes with shutdown (_close() aborts the transport first); ending
-            # normally keeps asyncio's stream callback from logging the cancellation as an error.
-            log.debug("connection from %s aborted at shutdown", peer)
-        finally:
-            self._connections.pop(task, None)
-            if session.registration is not None:
-                self._registry.disconnected(session.registration)
-            writer.close()
+    # What the connections call (ConnectionHost).
 
-    async def _handshake(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Any
-    ) -> bool:
-        """Greet with a nonce and, if a token is configured, admit only its HMAC."""
-        stop = self._store.stop_all
-        shard, shards = self._store.shard, self._store.shards
-        if self._token is None:
-            self._send(writer, Opcode.HELLO, 0, Status.OK, [encode_hello(shard, shards)], stop)
-            return True
-        nonce = new_nonce()
-        self._send(writer, Opcode.HELLO, 0, Status.OK, [encode_hello(shard, shards, nonce)], stop)
-        await writer.drain()
-        try:
-            request_id, digest = await asyncio.wait_for(self._read_auth(reader), self._handshake_timeout_s)
-        except TimeoutError:
-            reason = f"no authentication within {self._handshake_timeout_s} s"
-        except PSError as error:
-            reason = str(error)
-        else:
-            if verify(self._token, nonce, digest):
-                self._send(writer, Opcode.AUTH, request_id, Status.OK, [], stop)
-                return True
-            reason = "the token does not match the server's"
-        return await self._refuse(writer, peer, reason)
+    def connected(self, connection: ServerConnection) -> None:
+        self._connections.add(connection)
 
-    @staticmethod
-    async def _read_auth(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-        """Read only an AUTH answer: an unauthenticated peer never gets a larger body read."""
-        header = decode_header(await reader.readexactly(HEADER_SIZE))
-        if header.opcode != Opcode.AUTH:
-            raise PSAuthError("the client sent no token")
-        if header.body_length != DIGEST_BYTES:
-            raise PSAuthError(f"the authentication answer must be {DIGEST_BYTES} bytes")
-        return header.request_id, await reader.readexactly(DIGEST_BYTES)
+    def admitted(self, connection: ServerConnection) -> None:
+        self._clients += 1
 
-    async def _refuse(self, writer: asyncio.StreamWriter, peer: Any, reason: str) -> bool:
-        self._traffic.auth_failures += 1
-        log.warning("refused connection from %s: %s", peer, reason)
-        message = f"authentication failed: {reason}; connect with the run's token"
-        self._send(writer, Opcode.AUTH, 0, Status.AUTH_FAILED, [encode_text(message)], False)
-        await writer.drain()
-        return False
+    def closed(self, connection: ServerConnection, admitted: bool) -> None:
+        self._connections.discard(connection)
+        if admitted:
+            self._clients -= 1
+        if connection.session.registration is not None:
+            self._registry.disconnected(connection.session.registration)
 
-    async def _serve_requests(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: _Session
-    ) -> None:
-        traffic = self._traffic
-        while True:
-            raw_header = await reader.readexactly(HEADER_SIZE)
-            session.last_activity = time.monotonic()
-            try:
-                header = decode_header(raw_header, max_frame_bytes=self._max_frame_bytes)
-            except ProtocolError as error:
-                await self._reject_frame(writer, raw_header, error)
-                return
-            body = await reader.readexactly(header.body_length) if header.body_length else b""
-            traffic.requests += 1
-            traffic.bytes_in += HEADER_SIZE + header.body_length
-            if session.registration is not None:
-                session.registration.last_heartbeat = time.time()
-            status, parts, table = self._dispatch(header.opcode, body, session)
-            stop = self._store.stop_requested(table)
-            self._send(writer, header.opcode, header.request_id, status, parts, stop)
-            await writer.drain()
-            session.last_activity = time.monotonic()
-            if header.opcode == Opcode.SHUTDOWN and status == Status.OK:
-                assert self._shutdown is not None
-                self._shutdown.set()
-                return
+    def stop_requested(self, table: str | None) -> bool:
+        return self._store.stop_requested(table)
 
-    async def _reject_frame(self, writer: asyncio.StreamWriter, raw_header: bytes, error: ProtocolError) -> None:
-        """Answer a broken header once, then drop the connection: its stream cannot be resynchronised."""
-        self._traffic.errors += 1
-        self._traffic.bad_frames += 1
-        log.warning("closing connection after a bad frame: %s", error)
-        fields = HEADER.unpack(raw_header)
-        opcode, request_id = fields[2], fields[5]
-        self._send(writer, opcode, request_id, Status.ERROR, [encode_text(str(error))], self._store.stop_all)
-        await writer.drain()
+    def shutdown_requested(self) -> None:
+        assert self._shutdown is not None
+        self._shutdown.set()
 
-    def _dispatch(self, opcode: int, body: Buffer, session: _Session) -> tuple[Status, list[Buffer], str | None]:
+    def dispatch(self, opcode: int, body: Buffer, session: Session) -> tuple[Status, list[Buffer], str | None]:
         """Run one request; every failure becomes an error reply and the connection stays usable."""
         handler = self._handlers.get(opcode)
         try:
@@ -409,39 +294,16 @@ class ParameterServer:
             parts, table = handler(body, session)
             return Status.OK, parts, table
         except ProtocolError as error:
-            self._traffic.errors += 1
-            self._traffic.bad_frames += 1
+            self.traffic.errors += 1
+            self.traffic.bad_frames += 1
             return Status.ERROR, [encode_text(str(error))], None
         except PSError as error:
-            self._traffic.errors += 1
+            self.traffic.errors += 1
             return Status.ERROR, [encode_text(str(error))], None
         except Exception as error:
-            self._traffic.errors += 1
+            self.traffic.errors += 1
             log.exception("internal error handling opcode %s", opcode)
             return Status.ERROR, [encode_text(f"internal server error: {error!r}")], None
-
-    def _send(
-        self, writer: asyncio.StreamWriter, opcode: int, request_id: int, status: int,
-        parts: list[Buffer], stop: bool,
-    ) -> None:
-        """Small replies go out in one write (one syscall); large ones without a joining copy."""
-        length = frame_length(parts)
-        if HEADER_SIZE + length > self._max_frame_bytes:
-            status = Status.ERROR
-            parts = [encode_text(
-                f"reply of {HEADER_SIZE + length} bytes exceeds the frame limit of "
-                f"{self._max_frame_bytes} bytes; pull fewer keys or start the server with a "
-                "larger --max-frame-bytes"
-            )]
-            length = frame_length(parts)
-        header = encode_header(opcode, request_id, length, status=status, flags=FLAG_STOP if stop else 0)
-        self._traffic.bytes_out += HEADER_SIZE + length
-        if length <= _COALESCE_BYTES:
-            writer.write(b"".join((header, *parts)))
-            return
-        writer.write(header)
-        for part in parts:
-            writer.write(part)
 
     @staticmethod
     def _table_request(body: Buffer, operation: str, *required: str) -> TableRequest:
@@ -451,39 +313,39 @@ class ParameterServer:
                 raise PSError(f"{operation} on table {request.table!r} carries no {name.replace('_', ' ')}")
         return request
 
-    def _pull(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
+    def _pull(self, body: Buffer, session: Session) -> tuple[list[Buffer], str | None]:
         request = self._table_request(body, "pull", "keys")
         values = self._store.table(request.table).pull(request.keys)
-        self._traffic.keys_out += len(values)
+        self.traffic.keys_out += len(values)
         return encode_array(values), request.table
 
-    def _push(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
+    def _push(self, body: Buffer, session: Session) -> tuple[list[Buffer], str | None]:
         request = self._table_request(body, "push", "keys", "values")
         if session.registration is not None:
             session.registration.check_current()
         self._store.table(request.table).push(request.keys, request.values)
         self._changes += 1
-        self._traffic.keys_in += len(request.keys)
+        self.traffic.keys_in += len(request.keys)
         return [], request.table
 
-    def _push_pull(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
+    def _push_pull(self, body: Buffer, session: Session) -> tuple[list[Buffer], str | None]:
         request = self._table_request(body, "push_pull", "keys", "values", "next_keys")
         if session.registration is not None:
             session.registration.check_current()
         table = self._store.table(request.table)
         values = table.push_pull(request.keys, request.values, request.next_keys)
         self._changes += 1
-        self._traffic.keys_in += len(request.keys)
-        self._traffic.keys_out += len(values)
+        self.traffic.keys_in += len(request.keys)
+        self.traffic.keys_out += len(values)
         return encode_array(values), request.table
 
-    def _get_table(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
+    def _get_table(self, body: Buffer, session: Session) -> tuple[list[Buffer], str | None]:
         request = self._table_request(body, "get_table")
         values = self._store.table(request.table).get()
-        self._traffic.keys_out += len(values)
+        self.traffic.keys_out += len(values)
         return encode_array(values), request.table
 
-    def _drop_table(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
+    def _drop_table(self, body: Buffer, session: Session) -> tuple[list[Buffer], str | None]:
         request = self._table_request(body, "drop_table")
         self._store.drop(request.table)
         self._registry.forget_run(request.table)  # a run's workers register under its table's name
@@ -491,20 +353,20 @@ class ParameterServer:
         log.info("dropped table %r", request.table)
         return [], None
 
-    def _set_table(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
+    def _set_table(self, body: Buffer, session: Session) -> tuple[list[Buffer], str | None]:
         request = self._table_request(body, "set_table", "values")
         self._store.table(request.table).set(request.values)
         self._changes += 1
         return [], request.table
 
-    def _create_table(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
+    def _create_table(self, body: Buffer, session: Session) -> tuple[list[Buffer], str | None]:
         table, created = self._store.create(decode_json(body))
         if created:
             self._changes += 1
             log.info("created table %r: %s", table.spec.name, table.spec.to_json())
         return [encode_json({"created": created, "spec": table.spec.to_json()})], table.spec.name
 
-    def _report(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
+    def _report(self, body: Buffer, session: Session) -> tuple[list[Buffer], str | None]:
         request = decode_json(body)
         name = request.get("table")
         if not isinstance(name, str):
@@ -515,7 +377,7 @@ class ParameterServer:
         self._changes += 1  # reports are part of a checkpoint
         return [], table.spec.name
 
-    def _register(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
+    def _register(self, body: Buffer, session: Session) -> tuple[list[Buffer], str | None]:
         if session.registration is not None and session.registration.state == ACTIVE:
             raise PSError(
                 f"this connection already holds worker {session.registration.worker!r} of run "
@@ -528,11 +390,11 @@ class ParameterServer:
         return [encode_json({"run": registration.run, "worker": registration.worker,
                              "generation": registration.generation})], None
 
-    def _heartbeat(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
+    def _heartbeat(self, body: Buffer, session: Session) -> tuple[list[Buffer], str | None]:
         self._registry.heartbeat(self._registration(session, "heartbeat"))
         return [], None
 
-    def _deregister(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
+    def _deregister(self, body: Buffer, session: Session) -> tuple[list[Buffer], str | None]:
         registration = self._registration(session, "deregister")
         self._registry.deregister(registration, decode_json(body).get("reason", "finished"))
         self._changes += 1  # finished slots are part of a checkpoint
@@ -541,15 +403,15 @@ class ParameterServer:
         return [], None
 
     @staticmethod
-    def _registration(session: _Session, operation: str) -> Registration:
+    def _registration(session: Session, operation: str) -> Registration:
         if session.registration is None:
             raise PSError(f"{operation}: this connection has not registered a worker; call register first")
         return session.registration
 
-    def _status(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
+    def _status(self, body: Buffer, session: Session) -> tuple[list[Buffer], str | None]:
         return [encode_json(self._status_document())], None
 
-    def _stop(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
+    def _stop(self, body: Buffer, session: Session) -> tuple[list[Buffer], str | None]:
         name = decode_json(body).get("table")
         if name is not None and not isinstance(name, str):
             raise PSError(f"stop: table must be a table name or null, got {name!r}")
@@ -557,7 +419,7 @@ class ParameterServer:
         log.info("stop requested for %s", f"table {name!r}" if name else "all tables")
         return [], name
 
-    def _request_stop_all(self, body: Buffer, session: _Session) -> tuple[list[Buffer], str | None]:
+    def _request_stop_all(self, body: Buffer, session: Session) -> tuple[list[Buffer], str | None]:
         """Shutdown: flag every worker to stop; the connection loop then ends the server."""
         self._store.stop_all = True
         log.info("shutdown requested")
@@ -578,7 +440,7 @@ class ParameterServer:
             "clients": self._clients,
             "updates": self._store.total_updates(),
             "updates_per_s": self._update_rate(),
-            **asdict(self._traffic),
+            **asdict(self.traffic),
             "registered_workers": self._registry.active_count(),
             "workers": self._registry.status(),
             "checkpoint": {
@@ -612,13 +474,14 @@ class ParameterServer:
         return round((last_u - first_u) / (last_t - first_t), 1)
 
     def _close_idle(self, now: float) -> None:
-        for session in list(self._connections.values()):
-            # Silent, or stuck in a request: a client that stops reading its replies blocks
-            # in drain() and would otherwise hold its buffered replies until shutdown.
+        for connection in list(self._connections):
+            session = connection.session
+            # Silent, or stuck: a client that stops reading its replies pauses its connection
+            # and would otherwise hold the replies buffered for it until shutdown.
             if now - session.last_activity > self._idle_timeout_s:
                 log.info("closing connection from %s: no request completed for %s s", session.peer,
                          self._idle_timeout_s)
-                session.writer.transport.abort()
+                connection.abort()
 
     async def _checkpoint(self) -> None:
         """Snapshot on the loop (consistent), write in a thread; a failure is logged and shown in status."""
@@ -657,8 +520,3 @@ class ParameterServer:
         log.info("restored %d tables (%d updates) from %s, taken at %s", len(snapshot.tables),
                  snapshot.updates, uri, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snapshot.taken_at)))
 
-
-def _peer_name(peer: Any) -> str:
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return format_address(str(peer[0]), int(peer[1]))
-    return str(peer)

@@ -181,10 +181,14 @@ class Table:
             "reports": list(self.reports),
         }
 
+    # Keys arrive as int32 or int64; numpy converts any other index dtype to intp on every
+    # gather and scatter, and an update does four of them, so convert once.
+
     def _gather(self, keys: np.ndarray) -> np.ndarray:
-        return self._rows.take(keys, axis=0).reshape(len(keys), self.spec.width)
+        return self._rows.take(keys.astype(np.intp, copy=False), axis=0).reshape(len(keys), self.spec.width)
 
     def _apply(self, keys: np.ndarray, grads: np.ndarray) -> None:
+        keys = keys.astype(np.intp, copy=False)
         rows, summed = sum_duplicates(keys, grads.reshape((len(keys),) + self._rows.shape[1:]))
         self.optimizer.apply(self._rows, rows, summed, self.updates + 1)
         self.updates += 1
@@ -208,10 +212,13 @@ def sum_duplicates(keys: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.
     """Unique keys and the summed gradient rows of each, without a Python loop over keys.
 
     ``grads`` has one row per key: shape (n, width), or (n,) for a width-1 table.
-    Sorting the keys alone (not argsort) is cheap and tells whether any repeat; only
-    then are they argsorted and each run of equal keys summed with ``reduceat``, which
-    avoids ``searchsorted`` with unsorted needles (slow in numpy).
+    Workers send ``np.unique``'s output, strictly increasing, which one comparison pass
+    confirms. Otherwise sorting the keys alone (not argsort) tells whether any repeat;
+    only then are they argsorted and each run of equal keys summed with ``reduceat``,
+    which avoids ``searchsorted`` with unsorted needles (slow in numpy).
     """
+    if (keys[1:] > keys[:-1]).all():
+        return keys, grads
     sorted_keys = np.sort(keys)
     if not len(keys) or (sorted_keys[1:] != sorted_keys[:-1]).all():
         return keys, grads

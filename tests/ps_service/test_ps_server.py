@@ -318,6 +318,40 @@ def test_oversized_frame_is_refused_without_reading_its_body(raw_connection):
                 client.get_table("big")
 
 
+def _pull_frame(request_id: int, keys: list[int]) -> bytes:
+    body = b"".join(bytes(part) for part in encode_table_request("w", keys=np.array(keys, dtype="<i4")))
+    return encode_header(Opcode.PULL, request_id, len(body)) + body
+
+
+def test_frames_split_anywhere_or_sent_together_are_each_answered_in_order(server, client, raw_connection):
+    client.create_table("w", 8)
+    client.push("w", np.arange(8), -np.arange(8, dtype=np.float32))
+    expected = client.pull("w", np.arange(1, 6))[:, 0].tolist()
+    stream = b"".join(_pull_frame(request_id, [request_id]) for request_id in range(1, 6))
+    with raw_connection(server.address) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(stream)  # five frames in one write
+        for cut in (1, HEADER_SIZE - 1, HEADER_SIZE + 3):  # then split inside the header and the body
+            sock.sendall(stream[:cut])
+            time.sleep(0.05)
+            sock.sendall(stream[cut:])
+        replies = [read_frame(sock) for _ in range(20)]
+    assert [reply.request_id for reply, _body in replies] == [1, 2, 3, 4, 5] * 4
+    assert all(reply.status == Status.OK for reply, _body in replies)
+    values = [np.frombuffer(body, dtype="<f4", offset=8)[0] for _reply, body in replies]
+    assert values == expected * 4 and len(set(expected)) == 5
+
+
+def test_frames_larger_than_the_receive_buffer_are_served_and_the_connection_stays_usable(client):
+    rows = 3_000_000  # 12 MB, far beyond the server's initial 256 kB receive buffer
+    client.create_table("big", rows)
+    values = np.arange(rows, dtype=np.float32)
+    for scale in (1.0, 2.0):
+        client.set_table("big", values * scale)
+        np.testing.assert_array_equal(client.pull("big", [0, 1, rows - 1])[:, 0], [0.0, scale, (rows - 1) * scale])
+    np.testing.assert_array_equal(client.get_table("big")[:, 0], values * 2)
+
+
 def test_reply_over_the_clients_own_limit_says_it_is_the_clients(server, client):
     client.create_table("big", 1000)
     with PSClient(server.address, max_frame_bytes=1024) as small, pytest.raises(PSError) as refused:
