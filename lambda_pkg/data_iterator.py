@@ -6,12 +6,16 @@ current one: against S3 a row group takes tens of milliseconds to arrive, longer
 the worker needs to train on it, so a single read in flight leaves the worker waiting
 (measured against a moto server: the in-loop rate fell to a third of the in-memory
 process's); several in flight overlap their latencies. The reads run ahead across
-epoch boundaries too. A worker walks its work units (shard, row group) in its own
-seeded order each epoch.
+epoch boundaries too, at a lower scheduling priority than training, so decoding fills
+idle CPU rather than delaying a step. A worker walks its work units (shard, row group)
+in its own seeded order each epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterator
@@ -24,6 +28,7 @@ from cirrus_airflow.shards import ShardReader, SparseRows
 from cirrus_airflow.storage import Storage
 
 READ_AHEAD = 3  # row groups in flight: enough to overlap S3's latency, a few MB of memory
+READ_AHEAD_NICENESS = 10
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,19 @@ def epoch_order(units: list[tuple[str, int]], seed: int, worker: int, epoch: int
     return order
 
 
+def _defer_to_training() -> None:
+    """Lower this read-ahead thread's scheduling priority.
+
+    Reads run ahead with slack, so a decode can wait for a free core; the training
+    thread (and, where it shares the machine, the parameter server) cannot. Only Linux
+    gives each thread its own priority; elsewhere this would renice the whole process.
+    """
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + READ_AHEAD_NICENESS)
+
+
 def minibatches(
     units: list[tuple[str, int]],
     *,
@@ -118,7 +136,7 @@ def minibatches(
     schedule = ((epoch, u, unit) for epoch in range(start.epoch, epochs)
                 for u, unit in enumerate(epoch_order(units, seed, worker, epoch))
                 if epoch > start.epoch or u >= start.unit)
-    pool = ThreadPoolExecutor(max_workers=read_ahead, thread_name_prefix="prefetch")
+    pool = ThreadPoolExecutor(max_workers=read_ahead, thread_name_prefix="prefetch", initializer=_defer_to_training)
     pending: deque[tuple[int, int, Future]] = deque()
 
     def read_ahead_to_depth() -> None:

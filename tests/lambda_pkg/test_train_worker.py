@@ -2,6 +2,8 @@
 Lambda time limit."""
 
 import json
+import os
+import sys
 import threading
 import time
 
@@ -11,7 +13,7 @@ import pytest
 from cirrus_airflow.models.logistic import Minibatch
 from cirrus_airflow.shards import SparseRows, write_shard
 from cirrus_airflow.storage import Storage
-from lambda_pkg.data_iterator import READ_AHEAD, Position, UnitReader, minibatches
+from lambda_pkg.data_iterator import READ_AHEAD, READ_AHEAD_NICENESS, Position, UnitReader, minibatches
 from lambda_pkg.train_worker import _Journal, _Loop, worker_task
 from ps_service.client import PSClient
 from ps_service.server import ParameterServer
@@ -147,6 +149,28 @@ def test_row_groups_are_read_several_at_once_and_ahead_across_epochs(tmp_path):
     batches.close()
     reader.real.close()
     assert reader.calls == 2 * len(units)
+
+
+class _PriorityReader:
+    """Records the scheduling priority of each thread that reads."""
+
+    def __init__(self) -> None:
+        self.real, self.niceness = UnitReader(Storage()), []
+
+    def read(self, unit):
+        self.niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return self.real.read(unit)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="only Linux schedules each thread at its own priority")
+def test_reads_run_below_the_training_threads_priority(tmp_path):
+    units = [tuple(u) for u in _shards(tmp_path, n_shards=2, rows=250)]
+    reader = _PriorityReader()
+    for _ in minibatches(units, reader=reader, minibatch=40, epochs=1, seed=3, worker=1, start=Position()):
+        pass
+    reader.real.close()
+    training = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert reader.niceness == [min(19, training + READ_AHEAD_NICENESS)] * len(units)
 
 
 def test_nothing_is_in_flight_while_the_worker_may_wait_on_storage(tmp_path, server):
