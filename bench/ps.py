@@ -2,7 +2,7 @@
 and 4 client processes, beside two baselines on the same requests in the same run:
 Redis used as the parameter store the way serverless training systems use it (the
 client fetches the weights, does the arithmetic and writes them back), and a bare
-asyncio echo of the same frames (the floor of a Python asyncio transport).
+echo of the same frames on the server's own connection code (the floor of its transport).
 
     python -m bench.ps [--seconds 3] [--clients 1 2 4] [--quick]
 """
@@ -16,7 +16,6 @@ import multiprocessing
 import os
 import queue
 import secrets
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,15 +30,16 @@ from bench.processes import HOST, free_port, stop_process
 from ps_service.client import PSClient
 from ps_service.launcher import start_local_server
 from ps_service.protocol import (
-    HEADER,
+    DEFAULT_MAX_FRAME_BYTES,
     HEADER_SIZE,
-    Opcode,
+    Buffer,
+    Status,
     encode_array,
-    encode_header,
-    encode_hello,
     encode_table_request,
     frame_length,
 )
+from ps_service.server_connection import ConnectionSettings, ServerConnection, Traffic
+from ps_service.server_connection import Session as PeerSession
 
 TABLE = "bench"
 LEARNING_RATE = 0.1
@@ -48,7 +48,6 @@ REDIS_HASH = b"model"
 _POOL = 64  # pre-drawn key arrays a client cycles through
 _WARMUP = 20  # round trips each client makes before the barrier: connections and caches warm
 _START_TIMEOUT_S = 120.0
-_STREAM_LIMIT = 1 << 20  # the parameter server's asyncio stream limit, so the echo's transport is the same
 _REDIS_LOAD_CHUNK = 1 << 16
 # Spawned children start clean: no inherited sockets, threads or server processes.
 _CONTEXT = multiprocessing.get_context("spawn")
@@ -234,7 +233,7 @@ def run_shards(workload: Workload, shard_counts: Sequence[int], clients: int, se
     return measurements
 
 
-# -- baseline: a bare asyncio echo of the same frames ---------------------------------------
+# -- baseline: an echo of the same frames on the server's own connections -------------------
 
 
 def echo_reply_body(workload: Workload) -> bytes:
@@ -246,29 +245,42 @@ def echo_server_process(reply_body: bytes, ready: Connection) -> None:
     asyncio.run(_serve_echo(reply_body, ready))
 
 
-async def _serve_echo(reply_body: bytes, ready: Connection) -> None:
-    """Read each frame as the server does and answer with a canned reply: no decoding, no table.
+class _EchoHost:
+    """A server that answers every request with the same canned reply: no decoding, no table.
 
-    It greets like a server without a token, so the clients are PSClients and only the
-    server side differs from the parameter server's run.
+    Its connections are the parameter server's own (framing, buffers, writes), so only
+    the work behind a request differs from the server's run. It greets like a server
+    without a token, so the clients are PSClients too.
     """
-    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        hello = encode_hello(0, 1)
-        writer.write(encode_header(Opcode.HELLO, 0, len(hello)) + hello)
-        try:
-            while True:
-                fields = HEADER.unpack(await reader.readexactly(HEADER_SIZE))
-                opcode, request_id, body_length = fields[2], fields[5], fields[6]
-                await reader.readexactly(body_length)
-                writer.write(encode_header(opcode, request_id, len(reply_body)) + reply_body)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
 
-    server = await asyncio.start_server(on_connection, HOST, 0, limit=_STREAM_LIMIT)
+    def __init__(self, reply_body: bytes) -> None:
+        self.traffic = Traffic()
+        self._reply = [reply_body]
+
+    def dispatch(self, opcode: int, body: Buffer, session: PeerSession) -> tuple[Status, list[Buffer], str | None]:
+        return Status.OK, self._reply, None
+
+    def stop_requested(self, table: str | None) -> bool:
+        return False
+
+    def connected(self, connection: ServerConnection) -> None:
+        pass
+
+    def admitted(self, connection: ServerConnection) -> None:
+        pass
+
+    def closed(self, connection: ServerConnection, admitted: bool) -> None:
+        pass
+
+    def shutdown_requested(self) -> None:
+        pass
+
+
+async def _serve_echo(reply_body: bytes, ready: Connection) -> None:
+    host = _EchoHost(reply_body)
+    settings = ConnectionSettings(token=None, max_frame_bytes=DEFAULT_MAX_FRAME_BYTES, handshake_timeout_s=10.0,
+                                  shard=0, shards=1)
+    server = await asyncio.get_running_loop().create_server(lambda: ServerConnection(host, settings), HOST, 0)
     ready.send(server.sockets[0].getsockname()[1])
     await server.serve_forever()
 
@@ -281,7 +293,7 @@ def run_echo(workload: Workload, client_counts: Sequence[int], seconds: float) -
         if not receiver.poll(_START_TIMEOUT_S):
             raise RuntimeError(f"the echo server did not listen within {_START_TIMEOUT_S} s")
         address = f"{HOST}:{receiver.recv()}"
-        return [run_clients("asyncio echo", ps_session, (address, None), n, seconds, workload,
+        return [run_clients("echo server", ps_session, (address, None), n, seconds, workload,
                             ps_round_trip_bytes(workload)) for n in client_counts]
     finally:
         server.terminate()
@@ -457,7 +469,7 @@ def main(argv: list[str] | None = None) -> None:
     print("  parameter server: one process, token auth; each client a process looping PSClient.push_pull")
     print("  Redis: the model as one hash (decimal key -> float32 bytes); each client applies SGD itself and")
     print("         pipelines HSET of the update with HMGET of the next weights: one round trip a minibatch")
-    print("  echo: asyncio server answering the same frames with a same-size canned reply, to the same PSClients")
+    print("  echo: the parameter server's connection code answering every frame with a same-size canned reply")
     print("  clients and servers share the machine's cores; sharded: N server processes, keys k % N")
     ps = run_parameter_server(workload, args.clients, args.seconds)
     redis = run_redis(workload, args.clients, args.seconds)

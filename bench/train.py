@@ -213,9 +213,10 @@ def single_process(data: Data, epochs: int) -> tuple[Result, float]:
         order = np.random.default_rng(epoch).permutation(-(-len(train) // MINIBATCH))
         for b in order:
             batch = Minibatch.of(train.slice(b * MINIBATCH, min(len(train), (b + 1) * MINIBATCH)), dim)
-            grad, _ = batch.gradient(weights[batch.keys])
-            accumulator[batch.keys] += grad * grad
-            weights[batch.keys] -= LEARNING_RATE * grad / np.sqrt(accumulator[batch.keys])
+            keys = batch.keys.astype(np.intp)  # as the server indexes: one conversion, not one per gather
+            grad, _ = batch.gradient(weights[keys])
+            accumulator[keys] += grad * grad
+            weights[keys] -= LEARNING_RATE * grad / np.sqrt(accumulator[keys])
             if checks.due(watch.seconds()):
                 with watch.paused():
                     curve.append((watch.seconds(), data.log_loss(weights)))

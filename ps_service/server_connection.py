@@ -39,6 +39,7 @@ from ps_service.workers import Registration
 
 log = logging.getLogger(__name__)
 
+_HANDSHAKE_BUFFER_BYTES = 1024  # a connection that has not authenticated holds no more
 _INITIAL_BUFFER_BYTES = 256 * 1024
 _MAX_KEPT_BUFFER_BYTES = 16 * 1024 * 1024
 _COALESCE_BYTES = 64 * 1024
@@ -122,7 +123,7 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._writing_paused = False
         self._ending = False  # a refusal or a bad frame was answered; the transport is closing
-        self._buffer = bytearray(_INITIAL_BUFFER_BYTES)
+        self._buffer = bytearray(_HANDSHAKE_BUFFER_BYTES)
         self._view = memoryview(self._buffer)
         self._filled = 0
         self._header: FrameHeader | None = None  # the parsed header of the frame at the buffer's start
@@ -145,7 +146,7 @@ class ServerConnection(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._filled == len(self._buffer):  # only if frames wait while replies are paused
-            self._reserve(2 * len(self._buffer))
+            self._reserve(self._filled + 1)
         return self._view[self._filled:]
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -189,9 +190,9 @@ class ServerConnection(asyncio.BufferedProtocol):
 
     def _process(self) -> None:
         """Answer every complete frame in the buffer, then keep the partial one at its start."""
-        view, start = self._view, 0
+        start = 0
         while not self._writing_paused and not self._ending:
-            header = self._header
+            view, header = self._view, self._header  # the view changes when the buffer grows
             if header is None:
                 if self._filled - start < HEADER_SIZE:
                     break
@@ -260,8 +261,9 @@ class ServerConnection(asyncio.BufferedProtocol):
             self._view = memoryview(self._buffer)
 
     def _reserve(self, size: int) -> None:
-        """A new buffer (not a resize: numpy views of an answered body may still exist)."""
-        buffer = bytearray(size)
+        """A new buffer of at least ``size`` bytes (not a resize: numpy views of an answered
+        body may still exist); at least doubled, so a growing stream reallocates rarely."""
+        buffer = bytearray(max(size, 2 * len(self._buffer)))
         buffer[:self._filled] = self._view[:self._filled]
         self._buffer, self._view = buffer, memoryview(buffer)
 
@@ -279,6 +281,7 @@ class ServerConnection(asyncio.BufferedProtocol):
             self._handshake_timer.cancel()
             self._handshake_timer = None
         self._authenticated = True
+        self._reserve(_INITIAL_BUFFER_BYTES)
         self._host.admitted(self)
 
     def _handshake_expired(self) -> None:

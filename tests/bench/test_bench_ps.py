@@ -23,7 +23,7 @@ def test_bench_ps_runs_every_system_and_prints_ratios() -> None:
     ps_rows = [row for row in rows if row[:2] == ["parameter", "server"]]
     assert [row[2] for row in ps_rows] == ["1", "2"]
     assert all(row[-1].endswith("x") for row in ps_rows), result.stdout  # PS / echo ratio
-    assert sum(row[:2] == ["asyncio", "echo"] for row in rows) == 2
+    assert sum(row[:2] == ["echo", "server"] for row in rows) == 2
     # Redis runs where the bench extra is installed, and is reported as skipped elsewhere (CI).
     redis_rows = sum(row[:1] == ["Redis"] and row[1] != "baseline" for row in rows)
     assert redis_rows == 2 or "Redis baseline skipped" in result.stdout, result.stdout
