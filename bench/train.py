@@ -19,6 +19,7 @@ import contextlib
 import io
 import itertools
 import secrets
+import statistics
 import tempfile
 import threading
 import time
@@ -181,6 +182,18 @@ class Result:
     elapsed: float = 0.0  # how long the run lasted on its curve's clock
     detail: str = ""  # a line under the table, if the method has more to say
     projected: float | None = None  # an estimate of the time to target of a run stopped before it
+    # each round's (rate per worker, loop rate) over the in-memory rate of the same round
+    round_ratios: list[tuple[float, float | None]] = field(default_factory=list)
+
+    def ratios(self, base_rate: float) -> tuple[float, float | None]:
+        """Against the in-memory rate: the median of the rounds' own ratios where there were
+        rounds, else against ``base_rate``."""
+        if not self.round_ratios:
+            in_loop = None if self.loop_rate is None else self.loop_rate / base_rate
+            return self.examples_per_second / self.workers / base_rate, in_loop
+        loops = [loop for _, loop in self.round_ratios if loop is not None]
+        return (statistics.median(ratio for ratio, _ in self.round_ratios),
+                statistics.median(loops) if loops else None)
 
     def __post_init__(self) -> None:
         if self.final is not None:
@@ -502,10 +515,16 @@ def print_table(results: list[Result], target: float) -> None:
     for r in results:
         per_worker = r.examples_per_second / r.workers
         seconds, ratio = _to_target(r, target, cirrus_runs.get(r.workers))
-        in_loop = "" if r.loop_rate is None else f"{r.loop_rate / base:.2f}x"
-        print(_line([r.name, f"{r.examples_per_second:,.0f}", f"{per_worker:,.0f}", f"{per_worker / base:.2f}x",
+        versus, loop = r.ratios(base)
+        in_loop = "" if loop is None else f"{loop:.2f}x"
+        print(_line([r.name, f"{r.examples_per_second:,.0f}", f"{per_worker:,.0f}", f"{versus:.2f}x",
                      in_loop, seconds, ratio, f"{r.epochs:.2f} ep", f"{r.final_loss:.4f}", f"{r.final_auc:.4f}"]))
     for r in results:
+        if len(r.round_ratios) > 1:
+            line = f"  {r.name}, round by round: vs 1 proc " + " ".join(f"{x:.2f}x" for x, _ in r.round_ratios)
+            if all(loop is not None for _, loop in r.round_ratios):
+                line += ", in loop " + " ".join(f"{loop:.2f}x" for _, loop in r.round_ratios)
+            print(line)
         if r.detail:
             print("  " + r.detail)
         if r.projected is not None:
@@ -522,7 +541,11 @@ def _notes(data: Data, cap_s: float, results: list[Result], rounds: int) -> list
         f"partial_fit on {SKLEARN_CHUNK:,}-row chunks.",
     ] if any(r.name.startswith("scikit-learn") for r in results) else []
     return [
-        f"in memory and cirrus: the fastest of {rounds} interleaved round{'s' if rounds > 1 else ''} each.",
+        f"in memory and cirrus: {rounds} round{'s' if rounds > 1 else ''}, each running them back to back; each "
+        "shows its median round's run,",
+        "  and its ratios (vs 1 proc, in loop) are the median of the rounds' own ratios: this machine's speed "
+        "wanders by",
+        "  20% and more within a minute, and runs moments apart see the same machine.",
         "per worker: examples/s / workers; vs 1 proc: that against the in-memory process's rate; in loop: one",
         "  worker's rate inside its training loop (its start-up, registration and hand-overs excluded, as the",
         "  in-memory rate excludes loading the data) against the in-memory rate.",
@@ -546,9 +569,11 @@ def _notes(data: Data, cap_s: float, results: list[Result], rounds: int) -> list
 def run_all(data: Data, place: str, epochs: int, workers: list[int], cap_s: float,
             rounds: int = 1) -> tuple[list[Result], float]:
     """Every method in turn; the in-memory run goes first, as its first epoch sets the target.
-    The in-memory and cirrus runs are repeated ``rounds`` times, interleaved, and each one's
-    fastest run counts: this machine's speed wanders by 20% and more within a minute, and a
-    ratio of two runs taken at different moments would show it. The runs' outputs and the
+    The in-memory and cirrus runs are repeated ``rounds`` times, back to back in each round.
+    This machine's speed wanders by 20% and more within a minute, so a ratio is taken within
+    a round and the median over rounds counts; each method shows its median round's run.
+    (Each method's fastest run, used before, favoured the in-memory process: its runs are
+    short, and a short run can fall wholly within a fast spell.) The runs' outputs and the
     PyWren-style scratch objects go under ``place`` (a folder or an S3 prefix). A baseline
     whose packages are missing is reported as skipped."""
     runs: dict[str, list[Result]] = {}
@@ -559,7 +584,7 @@ def run_all(data: Data, place: str, epochs: int, workers: list[int], cap_s: floa
         for w in workers:
             run = cirrus(data, f"{place}/run{w}-{round_}", w, epochs)
             runs.setdefault(run.name, []).append(run)
-    results = [max(tries, key=lambda r: r.examples_per_second) for tries in runs.values()]
+    results = paired_results(list(runs.values()))
     base = results[0]
     target = data.constant_loss - TARGET_SHARE * (data.constant_loss - first_epoch)
     print(f"  target: test log loss {target:.4f}, {TARGET_SHARE:.0%} of the way from the constant prediction's "
@@ -574,6 +599,22 @@ def run_all(data: Data, place: str, epochs: int, workers: list[int], cap_s: floa
     return results, target
 
 
+def paired_results(rounds_by_method: list[list[Result]]) -> list[Result]:
+    """Each method's run of median rate (of the two middle ones, the slower), carrying its
+    rounds' ratios to the first method's run of the same round."""
+    base_runs = rounds_by_method[0]
+    results = []
+    for tries in rounds_by_method:
+        result = sorted(tries, key=lambda r: r.examples_per_second)[(len(tries) - 1) // 2]
+        if tries is not base_runs:
+            result.round_ratios = [
+                (run.examples_per_second / run.workers / base.examples_per_second,
+                 None if run.loop_rate is None else run.loop_rate / base.examples_per_second)
+                for run, base in zip(tries, base_runs)]
+        results.append(result)
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -582,7 +623,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cap", type=float, default=60.0,
                         help="seconds the PyWren-style baseline may train before it is reported as '> cap'")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="interleaved rounds of the in-memory and cirrus runs; each one's fastest counts")
+                        help="rounds of the in-memory and cirrus runs; the median of each round's ratio counts")
     parser.add_argument("--storage", choices=("local", "s3"), default="local",
                         help="where the data and every exchange through storage go: local files, or an S3 API "
                              "on loopback (a moto server)")

@@ -40,13 +40,33 @@ ROW = re.compile(rf"^  (?P<name>.+?)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x(?:\s+(?P<
                  rf"\s+(?P<ratio>-|(?:> )?{NUMBER}x)\s+{NUMBER} ep\s+(?P<loss>{NUMBER})\s+{NUMBER}$")
 
 
+def _run(name: str, rate: float, loop_rate: float | None = None, workers: int = 1) -> train.Result:
+    return train.Result(name, workers, int(rate), 1.0, [], loop_rate=loop_rate)
+
+
+def test_ratios_are_the_median_of_each_rounds_own_ratio() -> None:
+    """The machine's speed drifts between rounds: each round's cirrus run is compared with
+    that round's in-memory run, not with the fastest in-memory run of any round."""
+    in_memory = [_run("in memory", rate) for rate in (100, 200, 150)]
+    cirrus = [_run("cirrus", rate, loop_rate=rate * 1.1, workers=2) for rate in (160, 200, 240)]
+    base, result = train.paired_results([in_memory, cirrus])
+    assert base is in_memory[2] and result is cirrus[1]  # the median rounds' runs
+    assert [value for pair in result.round_ratios for value in pair] == pytest.approx([0.8, 1.76, 0.5, 1.1, 0.8, 1.76])
+    assert result.ratios(base.examples_per_second) == pytest.approx((0.8, 1.76))
+    single = _run("PyWren", 30)  # one run, no rounds: against the in-memory run shown
+    assert single.ratios(base.examples_per_second)[0] == pytest.approx(0.2)
+    assert single.ratios(base.examples_per_second)[1] is None
+
+
 def test_bench_train_runs_every_method_and_prints_the_table() -> None:
     command = [sys.executable, "-m", "bench.train", "--rows", "20000", "--epochs", "1", "--cap", "10", "--rounds", "2"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert re.search(r"target: test log loss \d\.\d{4}", out), out
-    assert "the fastest of 2 interleaved rounds each" in out, out
+    assert "in memory and cirrus: 2 rounds, each running them back to back" in out, out
+    assert len(re.findall(r"^  cirrus, \d workers? \+ PS, round by round: vs 1 proc (?:\d\.\d\dx ?){2}, in loop "
+                          r"(?:\d\.\d\dx ?){2}$", out, re.M)) == 2, out
     rows = [m for m in map(ROW.match, out.splitlines()) if m]
     # scikit-learn runs where the bench extra is installed, and is reported as skipped elsewhere (CI).
     sklearn = [SKLEARN] if "scikit-learn baseline skipped" not in out else []
