@@ -177,7 +177,7 @@ class TrainingJob:
         self._cancelled = threading.Event()
         self._stop_request: str | None = None
         self._server: tuple[str, str | None] | None = None
-        self._last_report_t = float("-inf")
+        self._last_report_t: float | None = None  # the newest report seen, in the server's clock
 
     def request_stop(self, reason: str) -> None:
         """End the training early from any thread (a search stopping a hopeless
@@ -419,7 +419,7 @@ class TrainingJob:
                 client.stop(self.table)
             if evaluator and fleet.running and stopped_by == "epochs":
                 evaluator.maybe_launch()
-            status = client.status()
+            status = client.status(reports_since=self._last_report_t)
             if stopped_by == "epochs":
                 fleet.replace_silent(status, self.table)
             curve.append(self._poll(status, started, held_out, fleet))
@@ -439,8 +439,9 @@ class TrainingJob:
         (so that a search's budgets and the dashboard's loss-against-cost plot see a
         configuration's spending while it runs, not only when it ends)."""
         table = status["tables"].get(self.table, {})
+        last = self._last_report_t
         reports = [r for r in table.get("reports", [])
-                   if r["name"] == "train_loss" and r["t"] > self._last_report_t]
+                   if r["name"] == "train_loss" and (last is None or r["t"] > last)]
         if reports:
             self._last_report_t = max(r["t"] for r in reports)
         count = sum(r["count"] for r in reports)

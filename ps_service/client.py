@@ -280,9 +280,16 @@ class PSClient:
         request = [encode_json({"reason": reason})]
         self._scatter(Opcode.DEREGISTER, [request] * self._shards)
 
-    def status(self) -> dict[str, Any]:
-        """Counters, tables, registered workers and reports; a group's traffic is summed."""
-        documents = self._scatter(Opcode.STATUS, [[]] * self._shards, decode_json)
+    def status(self, *, reports_since: float | None = None) -> dict[str, Any]:
+        """Counters, tables, registered workers and reports; a group's traffic is summed.
+
+        ``reports_since`` (a time in the server's clock, as reports carry it in ``"t"``)
+        leaves out older reports: a driver polling for new ones should pass the newest
+        it has seen, or each poll carries every report kept (up to ``max_reports`` a
+        table, every table of the server) and holds up the workers while it is built.
+        """
+        request = [] if reports_since is None else [encode_json({"reports_since": reports_since})]
+        documents = self._scatter(Opcode.STATUS, [request] * self._shards, decode_json)
         if self._shards == 1:
             return documents[0]
         merged = {**documents[0], "address": self.address, "shards": documents}

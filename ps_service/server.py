@@ -409,7 +409,10 @@ class ParameterServer:
         return session.registration
 
     def _status(self, body: Buffer, session: Session) -> tuple[list[Buffer], str | None]:
-        return [encode_json(self._status_document())], None
+        since = decode_json(body).get("reports_since")
+        if since is not None and (isinstance(since, bool) or not isinstance(since, (int, float))):
+            raise PSError(f"status: reports_since must be a time in seconds or null, got {since!r}")
+        return [encode_json(self._status_document(since))], None
 
     def _stop(self, body: Buffer, session: Session) -> tuple[list[Buffer], str | None]:
         name = decode_json(body).get("table")
@@ -425,7 +428,7 @@ class ParameterServer:
         log.info("shutdown requested")
         return [], None
 
-    def _status_document(self) -> dict[str, Any]:
+    def _status_document(self, reports_since: float | None = None) -> dict[str, Any]:
         now = time.time()
         checkpoints = self._checkpoints
         return {
@@ -448,7 +451,7 @@ class ParameterServer:
                 "last_at": checkpoints.last_at, "last_updates": checkpoints.last_updates,
                 "last_error": checkpoints.last_error,
             },
-            "tables": self._store.status(),
+            "tables": self._store.status(reports_since),
         }
 
     async def _maintain(self) -> None:

@@ -73,8 +73,8 @@ class TableStore:
     def total_updates(self) -> int:
         return sum(table.updates for table in self._tables.values())
 
-    def status(self) -> dict[str, Any]:
-        return {name: table.status() for name, table in self._tables.items()}
+    def status(self, reports_since: float | None = None) -> dict[str, Any]:
+        return {name: table.status(reports_since) for name, table in self._tables.items()}
 
     def snapshot(self, finished_slots: list[dict[str, Any]]) -> Snapshot:
         """Copies of every table's state, taken between two requests so it is consistent."""

@@ -7,6 +7,7 @@ anything is written, so a bad request never leaves a table half-updated.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import deque
@@ -173,12 +174,19 @@ class Table:
             {"t": time.time(), "worker": worker, "name": name, "value": float(value), "count": count}
         )
 
-    def status(self) -> dict[str, Any]:
+    def status(self, reports_since: float | None = None) -> dict[str, Any]:
+        """``reports_since``: only the reports taken after that server time (all if None),
+        found from the newest back, so a driver polling for new ones reads only those."""
+        if reports_since is None:
+            reports = list(self.reports)
+        else:
+            reports = list(itertools.takewhile(lambda report: report["t"] > reports_since, reversed(self.reports)))
+            reports.reverse()
         return {
             "spec": self.spec.to_json(),
             "updates": self.updates,
             "stop": self.stop,
-            "reports": list(self.reports),
+            "reports": reports,
         }
 
     # Keys arrive as int32 or int64; numpy converts any other index dtype to intp on every

@@ -152,6 +152,7 @@ class WorkerRegistry:
 
 
 def _check_id(what: str, value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value) or len(str(value)) > MAX_ID_LENGTH:
+    if (isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value)
+            or len(str(value)) > MAX_ID_LENGTH):
         raise PSError(f"register: {what} must be a non-empty string or integer, got {value!r}")
     return str(value)

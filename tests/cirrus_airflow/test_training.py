@@ -61,6 +61,9 @@ def test_training_beats_the_base_rate_and_leaves_a_model(shards, tmp_path):
     assert meta["transform"]["hash_bits"] == 16 and "ps_token" not in meta["config"]
     curve = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert curve and curve[-1]["updates"] > 0
+    # Each poll asks the server only for reports newer than the last it saw: every worker's
+    # report of training loss counts once, and together they cover every example trained.
+    assert sum(point["examples"] for point in curve) == summary["examples"]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["model_uri"] == summary["model_uri"]
     assert json.dumps(summary)  # XCom-able: plain JSON
     cost = summary["cost"]  # 3 workers of 1,024 MB (the function's size) and one server process

@@ -250,6 +250,24 @@ def test_status_reports_updates_traffic_reports_and_tables(client, server):
     assert status["tables"]["mf"]["updates"] == 0
 
 
+def test_status_reports_since_a_time_carries_only_newer_reports(client):
+    client.create_table("lr", 10)
+    client.create_table("mf", 10, width=2)
+    for value in (0.9, 0.8, 0.7):
+        client.report("lr", "train_loss", value, count=1)
+        time.sleep(0.01)  # distinct server times
+    seen = client.status()["tables"]["lr"]["reports"]
+    client.report("mf", "train_loss", 1.5, count=1)
+    newer = client.status(reports_since=seen[0]["t"])
+    assert [r["value"] for r in newer["tables"]["lr"]["reports"]] == [0.8, 0.7]  # oldest first, as ever
+    assert [r["value"] for r in newer["tables"]["mf"]["reports"]] == [1.5]
+    latest = client.status(reports_since=seen[-1]["t"])
+    assert latest["tables"]["lr"]["reports"] == [] and latest["tables"]["lr"]["updates"] == 0
+    assert [r["value"] for r in client.status()["tables"]["lr"]["reports"]] == [0.9, 0.8, 0.7]
+    with pytest.raises(PSError, match="reports_since must be a time"):
+        client.status(reports_since="yesterday")
+
+
 def test_stop_of_one_table_reaches_its_workers_through_a_normal_pull(server):
     with PSClient(server.address) as driver, PSClient(server.address) as worker:
         driver.create_table("a", 4)
