@@ -50,9 +50,10 @@ PUSH_PULL all three; GET_TABLE and DROP_TABLE only the name; SET_TABLE the name 
 Array replies (PULL, PUSH_PULL, GET_TABLE): ``uint32 rows, uint32 width`` then
 ``rows x width`` float32. Control operations (CREATE_TABLE, REPORT, STATUS, STOP,
 REGISTER, DEREGISTER) carry small JSON objects (STATUS an empty body, or
-``{"reports_since": t}``); replies with nothing to return have an empty body. A frame whose header is broken is answered once with an error and the
-connection is closed (the stream cannot be resynchronised); a well-framed request
-the server refuses gets an error reply and the connection stays usable.
+``{"reports_since": t}``); replies with nothing to return have an empty body. A
+frame whose header is broken is answered once with an error and the connection is
+closed (the stream cannot be resynchronised); a well-framed request the server
+refuses gets an error reply and the connection stays usable.
 
 With TLS (``--tls-cert``/``--tls-key``), the same frames travel inside a TLS session.
 A sharded group is N servers, each holding keys ``k % N == i`` as local rows ``k // N``;

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import ssl
 import threading
 import time
@@ -410,7 +411,8 @@ class ParameterServer:
 
     def _status(self, body: Buffer, session: Session) -> tuple[list[Buffer], str | None]:
         since = decode_json(body).get("reports_since")
-        if since is not None and (isinstance(since, bool) or not isinstance(since, (int, float))):
+        if since is not None and (isinstance(since, bool) or not isinstance(since, (int, float))
+                                  or not math.isfinite(since)):
             raise PSError(f"status: reports_since must be a time in seconds or null, got {since!r}")
         return [encode_json(self._status_document(since))], None
 

@@ -39,9 +39,10 @@ from ps_service.workers import Registration
 
 log = logging.getLogger(__name__)
 
+# Receive buffers grow with the bytes that arrive, never with what a header announces.
 _HANDSHAKE_BUFFER_BYTES = 1024  # a connection that has not authenticated holds no more
-_INITIAL_BUFFER_BYTES = 256 * 1024
-_MAX_KEPT_BUFFER_BYTES = 16 * 1024 * 1024
+_INITIAL_BUFFER_BYTES = 64 * 1024  # a minibatch's request fits: 1,000 idle workers hold 64 MB
+_MAX_KEPT_BUFFER_BYTES = 1024 * 1024  # larger, grown for a big frame: given back once it is answered
 _COALESCE_BYTES = 64 * 1024
 
 
@@ -122,7 +123,7 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._nonce = b""
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._writing_paused = False
-        self._ending = False  # a refusal or a bad frame was answered; the transport is closing
+        self._ending = False  # a refusal, a bad frame or a shutdown was answered: nothing more is read
         self._buffer = bytearray(_HANDSHAKE_BUFFER_BYTES)
         self._view = memoryview(self._buffer)
         self._filled = 0
@@ -145,8 +146,11 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._handshake_timer = self._loop.call_later(settings.handshake_timeout_s, self._handshake_expired)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._filled == len(self._buffer):  # only if frames wait while replies are paused
-            self._reserve(self._filled + 1)
+        if self._filled == len(self._buffer):  # a frame larger than the buffer is arriving
+            size = 2 * len(self._buffer)
+            if self._header is not None:
+                size = min(size, HEADER_SIZE + self._header.body_length)
+            self._reserve(size)
         return self._view[self._filled:]
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -160,7 +164,7 @@ class ServerConnection(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         self._writing_paused = False
         transport = self._transport_or_raise()
-        if not transport.is_closing():
+        if not transport.is_closing() and not self._ending:
             transport.resume_reading()
             self.session.last_activity = time.monotonic()
             self._process()
@@ -244,26 +248,27 @@ class ServerConnection(asyncio.BufferedProtocol):
         if not self._writing_paused:
             self.session.last_activity = time.monotonic()
         if header.opcode == Opcode.SHUTDOWN and status == Status.OK:
+            self._ending = True  # nothing after a shutdown is read or run
+            self._transport_or_raise().pause_reading()
             host.shutdown_requested()
 
     def _keep(self, start: int) -> None:
-        """Move a partial frame to the buffer's start and make room for all of it."""
+        """Move a partial frame to the buffer's start. The buffer grows in ``get_buffer`` as
+        a large frame's bytes arrive (doubling), not here for the size its header announces:
+        a peer that sends headers alone must not make the server allocate their bodies."""
         remaining = self._filled - start
         if start:
             # bytes(): a slice assignment from a view of the same buffer may not overlap safely
             self._buffer[:remaining] = bytes(self._view[start:self._filled])
             self._filled = remaining
-        needed = HEADER_SIZE if self._header is None else HEADER_SIZE + self._header.body_length
-        if needed > len(self._buffer):
-            self._reserve(needed)
-        elif not remaining and len(self._buffer) > _MAX_KEPT_BUFFER_BYTES:
-            self._buffer = bytearray(_INITIAL_BUFFER_BYTES)  # a one-off huge frame: give it back
+        if not remaining and len(self._buffer) > _MAX_KEPT_BUFFER_BYTES:
+            self._buffer = bytearray(_INITIAL_BUFFER_BYTES)  # grown for a big frame: give it back
             self._view = memoryview(self._buffer)
 
     def _reserve(self, size: int) -> None:
-        """A new buffer of at least ``size`` bytes (not a resize: numpy views of an answered
-        body may still exist); at least doubled, so a growing stream reallocates rarely."""
-        buffer = bytearray(max(size, 2 * len(self._buffer)))
+        """A new buffer of ``size`` bytes holding what has arrived: a bytearray with a view
+        on it (``_view``) cannot be resized in place."""
+        buffer = bytearray(size)
         buffer[:self._filled] = self._view[:self._filled]
         self._buffer, self._view = buffer, memoryview(buffer)
 

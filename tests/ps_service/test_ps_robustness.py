@@ -363,6 +363,47 @@ def test_a_client_that_stops_reading_does_not_block_other_clients(connect_raw, r
             stalled.close()
 
 
+def _resident_mb(pid: int) -> float:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(fields["VmRSS"].split()[0]) / 1024
+
+
+def test_headers_alone_do_not_make_the_server_allocate_the_bodies_they_announce(connect_raw, receive_exactly):
+    """A receive buffer grows with the bytes that arrive: four 16-byte headers announcing
+    200 MB bodies each must not cost the server 800 MB."""
+    with start_local_server() as server:
+        before = _resident_mb(server.pid)
+        peers = []
+        try:
+            for request_id in range(4):
+                peer = connect_raw(server.address)
+                receive_exactly(peer, HEADER_SIZE)  # HELLO, no token
+                peer.sendall(encode_header(Opcode.SET_TABLE, request_id, 200_000_000) + bytes(64 * 1024))
+                peers.append(peer)
+            with PSClient(server.address) as client:
+                assert client.status()["clients"] == 5  # every header has been read and parsed
+            assert _resident_mb(server.pid) - before < 50
+        finally:
+            for peer in peers:
+                peer.close()
+
+
+def test_requests_sent_behind_a_shutdown_are_not_run(connect_raw, receive_exactly):
+    with ParameterServer() as server:
+        peer = connect_raw(server.address)
+        try:
+            hello = HEADER.unpack(receive_exactly(peer, HEADER_SIZE))
+            receive_exactly(peer, hello[-1])  # its body: where the server sits in its group; no token
+            create = encode_json({"name": "late", "size": 4})
+            peer.sendall(encode_header(Opcode.SHUTDOWN, 1, 0)
+                         + encode_header(Opcode.CREATE_TABLE, 2, len(create)) + create)
+            reply = FrameHeader(*HEADER.unpack(receive_exactly(peer, HEADER_SIZE))[2:])
+            assert (reply.opcode, reply.request_id, reply.status) == (Opcode.SHUTDOWN, 1, Status.OK)
+            assert peer.recv(HEADER_SIZE) == b""  # closed: the create was neither run nor answered
+        finally:
+            peer.close()
+
+
 # TLS ------------------------------------------------------------------------------------------
 
 def self_signed(directory: Path) -> tuple[Path, Path]:

@@ -264,8 +264,9 @@ def test_status_reports_since_a_time_carries_only_newer_reports(client):
     latest = client.status(reports_since=seen[-1]["t"])
     assert latest["tables"]["lr"]["reports"] == [] and latest["tables"]["lr"]["updates"] == 0
     assert [r["value"] for r in client.status()["tables"]["lr"]["reports"]] == [0.9, 0.8, 0.7]
-    with pytest.raises(PSError, match="reports_since must be a time"):
-        client.status(reports_since="yesterday")
+    for bad in ("yesterday", float("nan"), float("inf")):
+        with pytest.raises(PSError, match="reports_since must be a time"):
+            client.status(reports_since=bad)
 
 
 def test_stop_of_one_table_reaches_its_workers_through_a_normal_pull(server):
