@@ -68,7 +68,7 @@ class TrainConfig:
     ps_address: str | None = None
     ps_token: str | None = None
     ps_shards: int = 1
-    report_every: int = 20
+    report_interval_s: float = 0.5
     poll_interval_s: float = 1.0
     handover_margin_s: float = 10.0
     worker_silence_s: float = 20.0
@@ -104,6 +104,8 @@ class TrainConfig:
         if self.eval_interval_s is not None and not self.eval_interval_s > 0:
             raise ValueError(f"eval_interval_s must be positive (or None for no live evaluation), "
                              f"got {self.eval_interval_s}")
+        if not self.report_interval_s > 0:
+            raise ValueError(f"report_interval_s must be positive, got {self.report_interval_s}")
         if self.worker_silence_s <= 0:
             raise ValueError(f"worker_silence_s must be positive, got {self.worker_silence_s}")
         if self.checkpoint_interval_s <= 0:
@@ -230,7 +232,7 @@ class TrainingJob:
                     "task": "train.worker", "model": cfg.model, "table": self.table,
                     "ps": {"address": address, "token": token}, "model_params": plan.params,
                     "minibatch": cfg.minibatch, "epochs": cfg.epochs, "seed": cfg.seed,
-                    "report_every": cfg.report_every, "handover_margin_ms": int(cfg.handover_margin_s * 1000),
+                    "report_interval_s": cfg.report_interval_s, "handover_margin_ms": int(cfg.handover_margin_s * 1000),
                     # several heartbeats inside the silence that gets a worker replaced
                     "heartbeat_s": min(5.0, cfg.worker_silence_s / 4),
                     "progress_interval_s": min(5.0, cfg.worker_silence_s / 4),

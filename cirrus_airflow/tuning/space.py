@@ -19,7 +19,7 @@ import numpy as np
 from cirrus_airflow.training import TrainConfig
 
 # Settings a search may not vary: where the run reads and writes, and the run's plumbing.
-_FIXED = {"data", "output", "ps_address", "ps_token", "report_every", "poll_interval_s"}
+_FIXED = {"data", "output", "ps_address", "ps_token", "report_interval_s", "poll_interval_s"}
 # Searchable besides TrainConfig's: the serverless function's memory size.
 _EXTRA = {"worker_memory_mb": int}
 _TYPES = {f.name: f.type for f in fields(TrainConfig)}

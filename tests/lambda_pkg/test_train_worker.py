@@ -58,7 +58,7 @@ def server():
 def _event(server, units, **kw):
     return {"task": "train.worker", "model": "lr", "table": "w", "ps": {"address": server.address, "token": "t0ken"},
             "model_params": {"bias_key": DIM}, "minibatch": 20, "epochs": 2, "seed": 1, "worker_id": 0, "units": units,
-            "report_every": 5, "handover_margin_ms": 1000, **kw}
+            "report_interval_s": 0.05, "handover_margin_ms": 1000, **kw}
 
 
 def test_no_fresh_invocation_is_asked_for_when_the_work_is_done(tmp_path, server):
@@ -191,10 +191,27 @@ def test_nothing_is_in_flight_while_the_worker_may_wait_on_storage(tmp_path, ser
                 yield following, rows
 
         loop = _Loop(ps, "w", lambda rows: Minibatch.of(rows, DIM), _Journal(Storage(), None, 0, 0, every_s=5),
-                     0, report_every=5)
+                     0, report_interval_s=0.05)
         assert loop.run(watched(), lambda: None, Position()) == ("done", None)
     assert len(idle_at_boundaries) == 6 and all(idle_at_boundaries), idle_at_boundaries
     assert loop.stats["examples"] == 2 * 300
+
+
+@pytest.mark.parametrize("interval_s, reports", [(0.0, 30), (3600.0, 1)])
+def test_training_loss_is_reported_per_interval_and_at_the_end(tmp_path, server, interval_s, reports):
+    """Reports go out by time, not by step count; the last one carries whatever the window
+    holds, so together they account for every example once."""
+    units = [tuple(u) for u in _shards(tmp_path, n_shards=1, rows=300)]
+    with PSClient(server.address, token="t0ken") as ps:
+        ps.create_table("w", size=DIM + 1, optimizer="sgd", learning_rate=0.1)
+        batches = minibatches(units, reader=UnitReader(Storage()), minibatch=20, epochs=2, seed=1, worker=0,
+                              start=Position())
+        loop = _Loop(ps, "w", lambda rows: Minibatch.of(rows, DIM), _Journal(Storage(), None, 0, 0, every_s=5),
+                     0, report_interval_s=interval_s)
+        assert loop.run(batches, lambda: None, Position()) == ("done", None)
+        sent = [r for r in ps.status()["tables"]["w"]["reports"] if r["name"] == "train_loss"]
+    assert loop.stats["updates"] == 30 and len(sent) == reports
+    assert sum(r["count"] for r in sent) == loop.stats["examples"] == 2 * 300
 
 
 def test_a_duplicated_invocation_is_refused_and_does_no_work(tmp_path, server):
