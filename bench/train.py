@@ -5,7 +5,7 @@ the Cirrus paper compares against: every step a map of stateless invocations on 
 Lambda runtime, each reading the whole model and its minibatch from storage and writing
 its gradient back), and scikit-learn's SGDClassifier, on the same shards in the same run.
 
-    python -m bench.train [--rows 1000000] [--epochs 2] [--workers 1 2] [--cap 60] [--rounds 3]
+    python -m bench.train [--rows 1000000] [--epochs 2] [--workers 1 2] [--cap 60] [--rounds 5]
                           [--storage local|s3]
 
 ``--storage s3`` keeps the shards, the runs' outputs and the PyWren-style model exchange
@@ -622,7 +622,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--cap", type=float, default=60.0,
                         help="seconds the PyWren-style baseline may train before it is reported as '> cap'")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=5,
                         help="rounds of the in-memory and cirrus runs; the median of each round's ratio counts")
     parser.add_argument("--storage", choices=("local", "s3"), default="local",
                         help="where the data and every exchange through storage go: local files, or an S3 API "
