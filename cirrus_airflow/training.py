@@ -436,14 +436,13 @@ class TrainingJob:
 
     def _poll(self, status: dict, started: float, held_out: dict | None, fleet: _Fleet) -> dict:
         """One point of the live curve: updates so far, the mean training loss of the
-        reports that arrived since the previous point (by the server's clock), the held-out
-        metrics of an evaluation that ended since, and worker-seconds and dollars so far
-        (so that a search's budgets and the dashboard's loss-against-cost plot see a
-        configuration's spending while it runs, not only when it ends)."""
+        reports that arrived since the previous point (``status`` was asked only for reports
+        newer than its newest, by the server's clock), the held-out metrics of an evaluation
+        that ended since, and worker-seconds and dollars so far (so that a search's budgets
+        and the dashboard's loss-against-cost plot see a configuration's spending while it
+        runs, not only when it ends)."""
         table = status["tables"].get(self.table, {})
-        last = self._last_report_t
-        reports = [r for r in table.get("reports", [])
-                   if r["name"] == "train_loss" and (last is None or r["t"] > last)]
+        reports = [r for r in table.get("reports", []) if r["name"] == "train_loss"]
         if reports:
             self._last_report_t = max(r["t"] for r in reports)
         count = sum(r["count"] for r in reports)
