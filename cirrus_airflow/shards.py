@@ -60,6 +60,15 @@ class SparseRows:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def nbytes(self) -> int:
+        return self.labels.nbytes + self.indptr.nbytes + self.indices.nbytes + self.values.nbytes
+
+    def copy(self) -> SparseRows:
+        """The rows in arrays of their own, exactly ``nbytes`` long: rows read from a shard are
+        views into Arrow's buffers, which the Parquet reader may have sized with room to grow."""
+        return SparseRows(self.labels.copy(), self.indptr.copy(), self.indices.copy(), self.values.copy())
+
     @classmethod
     def concat(cls, parts: list[SparseRows]) -> SparseRows:
         if not parts:
@@ -145,6 +154,14 @@ class RatingRows:
 
     def __len__(self) -> int:
         return len(self.ratings)
+
+    @property
+    def nbytes(self) -> int:
+        return self.users.nbytes + self.items.nbytes + self.ratings.nbytes
+
+    def copy(self) -> RatingRows:
+        """The rows in arrays of their own (see ``SparseRows.copy``)."""
+        return RatingRows(self.users.copy(), self.items.copy(), self.ratings.copy())
 
     def slice(self, start: int, stop: int) -> RatingRows:
         return RatingRows(self.users[start:stop], self.items[start:stop], self.ratings[start:stop])

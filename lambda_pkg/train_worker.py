@@ -49,6 +49,9 @@ PROGRESS_S = 5.0
 # the last 1,000 of them. Per time, not per step, so their cost and the span the server keeps
 # do not depend on how fast steps are (every 20 steps was 50 reports a second a worker).
 REPORT_S = 0.5
+# The share of the function's memory that may hold decoded row groups for the epochs after
+# the first (``UnitReader``); the rest is the runtime's, the read-ahead's and the step's.
+DECODED_CACHE_SHARE = 0.5
 
 
 def worker_task(event: dict, context: Any) -> dict:
@@ -68,7 +71,7 @@ def worker_task(event: dict, context: Any) -> dict:
     storage = Storage()
     journal = _Journal(storage, event.get("progress_uri"), worker, generation,
                        every_s=float(event.get("progress_interval_s", PROGRESS_S)))
-    reader = UnitReader(storage)
+    reader = UnitReader(storage, cache_bytes=_cache_budget(context))
     batches = minibatches(
         units, reader=reader, minibatch=int(event["minibatch"]), epochs=int(event["epochs"]),
         seed=int(event.get("seed", 0)), worker=worker, start=start,
@@ -239,6 +242,13 @@ def _heartbeats(ps: PSClient, every_s: float = HEARTBEAT_S) -> Iterator[None]:
     finally:
         done.set()
         thread.join()
+
+
+def _cache_budget(context: Any) -> int:
+    """Bytes of decoded row groups this invocation may keep: a share of its memory size
+    (Lambda's ``memory_limit_in_mb``); none when it runs without a Lambda context."""
+    memory_mb = getattr(context, "memory_limit_in_mb", None)
+    return 0 if memory_mb is None else int(float(memory_mb) * DECODED_CACHE_SHARE * 2**20)
 
 
 def _stop_reason(ps: PSClient, context: Any, deadline: float | None, margin_ms: int) -> str | None:

@@ -118,6 +118,75 @@ def test_positions_cover_every_minibatch_once_from_any_start(tmp_path):
         assert run(full[cut - 1][0]) == full[cut:]
 
 
+class _CountingReader(UnitReader):
+    """Records the row groups it reads from storage (not those it had kept)."""
+
+    def __init__(self, cache_bytes: int) -> None:
+        super().__init__(Storage(), cache_bytes=cache_bytes)
+        self.reads = []
+
+    def _read(self, unit):
+        self.reads.append(unit)
+        return super()._read(unit)
+
+
+def _epochs_of(reader, units, epochs=3):
+    return [rows for _, rows in minibatches(units, reader=reader, minibatch=40, epochs=epochs, seed=3, worker=1,
+                                            start=Position())]
+
+
+@pytest.mark.parametrize("kept_units", [0, 2, 6])
+def test_decoded_row_groups_are_kept_up_to_the_budget_and_read_once(tmp_path, kept_units):
+    units = [tuple(u) for u in _shards(tmp_path, n_shards=2, rows=250)]  # 6 row groups of 100 or 50 rows
+    unit_bytes = UnitReader(Storage()).read(units[0]).nbytes  # the largest: 100 rows
+    reader = _CountingReader(cache_bytes=kept_units * unit_bytes)
+    batches = _epochs_of(reader, units)
+    assert 0 < reader.kept_bytes <= reader.cache_bytes if kept_units else reader.kept_bytes == 0
+    # The first epoch reads every row group; the later two only those not kept.
+    kept = len(units) - sum(1 for unit in units if reader.reads.count(unit) == 3)
+    assert kept >= kept_units and len(reader.reads) == len(units) + 2 * (len(units) - kept)
+    plain = _epochs_of(UnitReader(Storage()), units)
+    assert len(batches) == len(plain)
+    for kept, read in zip(batches, plain):
+        for name in ("labels", "indptr", "indices", "values"):
+            np.testing.assert_array_equal(getattr(kept, name), getattr(read, name))
+
+
+def test_kept_row_groups_own_their_memory(tmp_path):
+    """The budget counts the arrays' bytes; a view would pin a larger buffer of Arrow's."""
+    units = [tuple(u) for u in _shards(tmp_path, n_shards=1, rows=100)]
+    reader = UnitReader(Storage(), cache_bytes=1 << 20)
+    rows = reader.read(units[0])
+    assert reader.read(units[0]) is rows and reader.requests == 2
+    assert all(getattr(rows, name).flags.owndata for name in ("labels", "indptr", "indices", "values"))
+    assert reader.kept_bytes == rows.nbytes
+    reader.close()
+    assert reader.kept_bytes == 0
+    with pytest.raises(ValueError, match="cache_bytes must be at least 0"):
+        UnitReader(Storage(), cache_bytes=-1)
+
+
+class _Sized(_Clock):
+    """A Lambda context with a memory size and time to spare."""
+
+    def __init__(self, memory_limit_in_mb: str) -> None:
+        super().__init__(calls=10**9)
+        self.memory_limit_in_mb = memory_limit_in_mb  # a string, as Lambda's context gives it
+
+
+def test_a_worker_reads_its_share_once_when_its_memory_holds_it(tmp_path, server):
+    units = _shards(tmp_path, n_shards=2, rows=250)
+    with PSClient(server.address, token="t0ken") as client:
+        for table in ("w", "w2"):
+            client.create_table(table, size=DIM + 1, optimizer="sgd", learning_rate=0.5)
+    sized = worker_task(_event(server, units, epochs=3), _Sized("128"))
+    unsized = worker_task(_event(server, units, table="w2", epochs=3), _Clock(calls=10**9))
+    assert sized["examples"] == unsized["examples"] == 3 * 500
+    # Each row group once, and the shards' footers (each read-ahead thread opens those it reads).
+    assert len(units) + 2 <= sized["storage_requests"]["get"] <= len(units) + 2 * READ_AHEAD
+    assert unsized["storage_requests"]["get"] > 3 * len(units)
+
+
 class _GatedReader:
     """A UnitReader whose first ``gate`` reads only proceed together: were the reads one at
     a time, the first would wait at the barrier until it broke."""
