@@ -5,12 +5,15 @@ says stop, or its own Lambda time limit comes near. In the last case it returns
 its position, and the driver starts a fresh invocation (the next generation) that
 resumes there: Lambda's 15-minute limit never cuts a worker off mid-step.
 
-The loop is pipelined, one round trip per minibatch and one in flight: the gradient
-of minibatch t and the pull of minibatch t+2's weights travel together
-(``push_pull``) while the worker computes minibatch t+1's gradient with the weights
-pulled one round trip earlier. The network is hidden behind the arithmetic; the
-price is that a worker's weights miss its own last update (one step more of the
-staleness that asynchronous SGD tolerates anyway).
+The loop is pipelined, one round trip per minibatch: the gradient of minibatch t and
+the pull of minibatch t+2's weights travel together (``push_pull``) while the worker
+computes minibatch t+1's gradient with the weights pulled one round trip earlier. The
+network is hidden behind the arithmetic; the price is that a worker's weights miss its
+own last update (one step more of the staleness that asynchronous SGD tolerates
+anyway). Each push/pull is sent before the reply to the one before it is read: the
+server answers in order, so the weights are no staler, and a reply that comes late
+(one in ten, by up to a millisecond, on a busy machine) finds the next request already
+at the server instead of holding up the worker's send.
 
 Before any work the invocation registers ``(run, worker, generation)`` with the server.
 Lambda may deliver an invocation twice (a retried invoke, an at-least-once async
@@ -124,7 +127,9 @@ class _Loop:
 
     The request in flight is sent with ``start_push_pull`` and read after the next
     gradient: the kernel and the server carry it meanwhile, so no thread of this
-    process shares the interpreter with the arithmetic.
+    process shares the interpreter with the arithmetic. Steps that need the connection
+    free (a loss report, a journal entry, a read that may wait on storage, the last
+    step) read the reply before sending; the others send first.
     """
 
     def __init__(self, ps: PSClient, table: str, make_batch: Any, journal: _Journal, worker: int, *,
@@ -145,6 +150,7 @@ class _Loop:
         current.weights = self.ps.pull(self.table, current.batch.keys)
         ahead = self._step(next(batches, None))
         in_flight = None if ahead is None else self.ps.start_pull(self.table, ahead.batch.keys)
+        behind = None  # a request sent behind in_flight, before in_flight's reply was read
         try:
             while True:
                 # While ahead's weights (and the previous push) travel: this step's gradient, and the
@@ -155,15 +161,25 @@ class _Loop:
                 if in_flight is not None and ahead.following.batch == 0:
                     ahead.weights, in_flight = self._collect(in_flight, trained)
                 after = None if ahead is None else self._step(next(batches, None))
+                reason = None if ahead is None else stop_reason()
+                if in_flight is not None and after is not None and reason is None and self._quiet():
+                    behind = self.ps.start_push_pull(self.table, current.batch.keys, grad, after.batch.keys)
+                    self._count(current, loss_sum)
+                    ahead.weights = in_flight.wait()  # the journal waits for a step that reads first
+                    in_flight, behind, trained = behind, None, current.following
+                    current, ahead = ahead, after
+                    continue
                 if in_flight is not None:
                     ahead.weights, in_flight = self._collect(in_flight, trained)
-                reason = None if ahead is None else stop_reason()
+                if reason is None and ahead is not None and self.ps.stop_requested:
+                    reason = "stopped"  # as the reply just read says
                 if reason == "stopped":  # drop this step, which a resumed run will train
                     return reason, trained
                 if reason:
                     after = None  # read ahead, not trained: the next generation starts at this step's end
                 last = ahead is None or reason is not None
-                self._count(current, loss_sum, last=last)  # reports, if due, while nothing is in flight
+                self._count(current, loss_sum)
+                self._report(last=last)  # if due, while nothing is in flight
                 if after is None:
                     self.ps.push(self.table, current.batch.keys, grad)
                 else:
@@ -173,9 +189,10 @@ class _Loop:
                     return reason or "done", None if ahead is None else trained
                 current, ahead = ahead, after
         finally:
-            if in_flight is not None:  # leaving on an error: read the reply, so the client stays usable
-                with contextlib.suppress(Exception):
-                    in_flight.wait()
+            for pending in (in_flight, behind):  # leaving on an error: read the replies, so the client stays usable
+                if pending is not None:
+                    with contextlib.suppress(Exception):
+                        pending.wait()
 
     def _collect(self, in_flight: PendingReply, trained: Position) -> tuple[np.ndarray, None]:
         """The reply in flight. Its push has then reached the server, so the journal may say the
@@ -184,14 +201,21 @@ class _Loop:
         self.journal.note(trained, self.stats)
         return weights, None
 
+    def _quiet(self) -> bool:
+        """No loss report and no journal entry due: this step may send before it reads."""
+        now = time.monotonic()
+        return now < self.next_report_at and not self.journal.due(now)
+
     def _step(self, item: tuple | None) -> _Step | None:
         return None if item is None else _Step(item[0], self.make_batch(item[1]))
 
-    def _count(self, step: _Step, loss_sum: float, *, last: bool) -> None:
+    def _count(self, step: _Step, loss_sum: float) -> None:
         self.stats["updates"] += 1
         for acc in (self.stats, self.window):
             acc["examples"] += len(step.batch)
             acc["loss_sum"] += loss_sum
+
+    def _report(self, *, last: bool) -> None:
         if last or time.monotonic() >= self.next_report_at:
             self.next_report_at = time.monotonic() + self.report_interval_s
             self.ps.report(self.table, "train_loss", self.window["loss_sum"] / max(1, self.window["examples"]),
@@ -209,8 +233,11 @@ class _Journal:
         self.next_at = time.monotonic() + every_s
         self.writes = 0
 
+    def due(self, now: float) -> bool:
+        return self.uri is not None and now >= self.next_at
+
     def note(self, position: Position | None, stats: dict, *, final: bool = False) -> None:
-        if self.uri is None or (not final and time.monotonic() < self.next_at):
+        if not (final or self.due(time.monotonic())) or self.uri is None:
             return
         self.next_at = time.monotonic() + self.every_s
         self.writes += 1

@@ -41,6 +41,9 @@ from ps_service.sharding import Split, group_addresses, split_keys
 from ps_service.validation import check_keys, check_values, check_width
 
 T = TypeVar("T")
+# Requests one thread may have sent before reading the first reply: a worker sends its next
+# push/pull before it reads the reply to the last, so a late reply costs it less.
+MAX_IN_FLIGHT = 2
 _TRAFFIC_FIELDS = ("requests", "errors", "bad_frames", "auth_failures", "bytes_in", "bytes_out",
                    "keys_in", "keys_out", "clients")
 
@@ -56,17 +59,20 @@ def _only(parts: list[T]) -> T:
 class PendingReply(Generic[T]):
     """A request that was sent and whose reply (an array of rows) has not been read yet.
 
-    Until :meth:`wait`, the client's connections belong to this request: another request
-    from the thread that started it is refused (it would wait for itself), one from
-    another thread waits, and a heartbeat is skipped. Call :meth:`wait` soon, and before
-    anything that may block for long (a read from storage): the server sees the worker
-    alive only when a frame arrives.
+    Until :meth:`wait`, the client's connections belong to the thread that sent it. That
+    thread may send one more ``start_pull``/``start_push_pull`` behind it (``MAX_IN_FLIGHT``
+    in all; each server answers in order, so the later request sees the earlier one's
+    push, and the replies are read in the order they were asked for); a blocking request
+    from it is refused (it would wait for itself); one from another thread waits, and a
+    heartbeat is skipped. Call :meth:`wait` soon, and before anything that may block for
+    long (a read from storage): the server sees the worker alive only when a frame arrives.
     """
 
     def __init__(self, client: PSClient, opcode: int, connections: list[Connection],
                  combine: Callable[[list[np.ndarray]], T]) -> None:
-        self._client, self._opcode, self._connections, self._combine = client, opcode, connections, combine
+        self._client, self.opcode, self.connections, self._combine = client, opcode, connections, combine
         self.owner = threading.get_ident()
+        self.lost: PSConnectionError | None = None  # set when a failed send behind it broke its streams
         self._collected = False
         self._once = threading.Lock()
 
@@ -75,9 +81,9 @@ class PendingReply(Generic[T]):
         with self._once:
             if self._collected:
                 raise RuntimeError("this reply was already collected; wait() returns it once")
+            last = self._client._take(self)
             self._collected = True
-        self._client._pending = None
-        return self._combine(_collect(self._opcode, self._connections, decode_array))
+        return self._combine(_collect(self.opcode, self.connections, decode_array, release=last))
 
 
 class PSClient:
@@ -112,7 +118,7 @@ class PSClient:
                     shard_address, token, timeout=timeout, max_frame_bytes=max_frame_bytes, tls=context
                 ))
             self._shards = len(self._connections)
-            self._pending: PendingReply[Any] | None = None
+            self._in_flight: tuple[PendingReply[Any], ...] = ()  # oldest first, all of one thread
             if not member:
                 self._check_group()
         except BaseException:
@@ -172,6 +178,7 @@ class PSClient:
 
     def pull(self, name: str, keys: Any) -> np.ndarray:
         """The current weights of ``keys``, shape (len(keys), width), float32."""
+        self._refuse_reentry()
         return self.start_pull(name, keys).wait()
 
     def start_pull(self, name: str, keys: Any) -> PendingReply[np.ndarray]:
@@ -198,6 +205,7 @@ class PSClient:
 
     def push_pull(self, name: str, keys: Any, grads: Any, next_keys: Any) -> np.ndarray:
         """Push this minibatch's gradients and pull the next one's weights in one round trip."""
+        self._refuse_reentry()
         return self.start_push_pull(name, keys, grads, next_keys).wait()
 
     def start_push_pull(self, name: str, keys: Any, grads: Any, next_keys: Any) -> PendingReply[np.ndarray]:
@@ -334,15 +342,61 @@ class PSClient:
 
     def _start(self, opcode: int, requests: Sequence[Sequence[Buffer]],
                combine: Callable[[list[np.ndarray]], T]) -> PendingReply[T]:
-        """Send every shard its request and return without reading the replies."""
-        self._refuse_reentry()
-        connections = _begin(opcode, self._connections, requests, lock=True)
-        self._pending = PendingReply(self, opcode, connections, combine)
-        return self._pending
+        """Send every shard its request and return without reading the replies: on free
+        connections, or behind this thread's requests in flight, on the connections they hold."""
+        mine = self._mine()
+        if len(mine) >= MAX_IN_FLIGHT:
+            raise RuntimeError(f"this client has {len(mine)} requests in flight: wait() for the oldest reply "
+                               "before sending another")
+        if mine:
+            pending = PendingReply(self, opcode, self._send_behind(opcode, requests), combine)
+            self._in_flight = (*mine, pending)
+        else:
+            pending = PendingReply(self, opcode, _begin(opcode, self._connections, requests, lock=True), combine)
+            self._in_flight = (pending,)
+        return pending
+
+    def _send_behind(self, opcode: int, requests: Sequence[Sequence[Buffer]]) -> list[Connection]:
+        for connection, parts in zip(self._connections, requests):
+            connection.check_length(parts)  # refused before anything is sent: nothing changes
+        try:
+            for connection, parts in zip(self._connections, requests):
+                connection.begin(opcode, parts)
+        except BaseException as error:
+            self._abandon(error)
+            raise
+        return self._connections
+
+    def _abandon(self, error: BaseException) -> None:
+        """A send behind requests in flight failed, so a stream may hold part of a frame and
+        no reply can be matched to its request any more: close every connection, mark the
+        requests in flight lost, and free the connections they held."""
+        lost, self._in_flight = self._in_flight, ()
+        for connection in self._connections:
+            connection.close()
+        for pending in lost:
+            pending.lost = PSConnectionError(f"the reply was lost: a request sent after it failed ({error})")
+        for connection in lost[0].connections:
+            connection.lock.release()
+
+    def _take(self, pending: PendingReply[Any]) -> bool:
+        """Let ``pending``'s replies be read, if it is the oldest in flight; True when it is the
+        last, whose reading frees the connections."""
+        if pending.lost is not None:
+            raise pending.lost
+        chain = self._in_flight
+        if not chain or chain[0] is not pending:
+            raise RuntimeError("wait() for the replies in the order their requests were sent")
+        self._in_flight = chain[1:]
+        return len(chain) == 1
+
+    def _mine(self) -> tuple[PendingReply[Any], ...]:
+        """The requests this thread has in flight."""
+        chain = self._in_flight
+        return chain if chain and chain[0].owner == threading.get_ident() else ()
 
     def _refuse_reentry(self) -> None:
-        pending = self._pending
-        if pending is not None and pending.owner == threading.get_ident():
+        if self._mine():
             raise RuntimeError("this client has a request in flight: wait() for its reply before the next request")
 
     def _check_group_push(self, name: str, keys: np.ndarray, values: np.ndarray,
@@ -423,8 +477,10 @@ def _begin(opcode: int, connections: list[Connection], requests: Sequence[Sequen
     return sent
 
 
-def _collect(opcode: int, connections: list[Connection], decode: Callable[[memoryview], T]) -> list[T]:
-    """Read every connection's reply, then release the connections' locks.
+def _collect(opcode: int, connections: list[Connection], decode: Callable[[memoryview], T], *,
+             release: bool = True) -> list[T]:
+    """Read every connection's reply, then release the connections' locks (unless more
+    requests are in flight on them).
 
     Each connection must read the reply to each request it sent, or its stream would
     fall out of step; so a refusal from one shard is raised only once all are read.
@@ -438,8 +494,9 @@ def _collect(opcode: int, connections: list[Connection], decode: Callable[[memor
             except Exception as error:
                 failure = failure or error
     finally:
-        for connection in connections:
-            connection.lock.release()
+        if release:
+            for connection in connections:
+                connection.lock.release()
     if failure is not None:
         raise failure
     return results

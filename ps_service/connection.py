@@ -1,9 +1,13 @@
-"""A blocking socket to one server process: handshake, then one request, one reply.
+"""A blocking socket to one server process: handshake, then requests and their replies.
 
 Workers run plain Python loops, so the client is synchronous. Each request is sent
 with a single ``sendmsg`` of header and array buffers (no joining copy) and each reply
 is received with ``recv_into`` a buffer that is allocated once and reused, which keeps
 the per-request cost to two system calls in the common case.
+
+A caller may send a request before reading the reply to the one before (the server
+answers each connection's requests in order); the replies are then read in the order
+of their requests, and bytes of the next reply that arrive with one are kept for it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
@@ -69,7 +74,9 @@ class Connection:
         self._lock = threading.Lock()
         self._buffer = bytearray(_INITIAL_BUFFER_BYTES)
         self._view = memoryview(self._buffer)
+        self._surplus = b""  # bytes of the next reply that came with the last one
         self._request_id = 0
+        self._awaiting: deque[int] = deque()  # ids of the requests sent and not answered yet
         self._sock: socket.socket | None = self._connect()
         try:
             self._authenticate(token)
@@ -92,7 +99,8 @@ class Connection:
         """Send a request without waiting for its reply; the caller holds :attr:`lock`.
 
         A client of a sharded server sends every shard its part first and only then
-        collects the replies, so the shards work on one logical request at the same time.
+        collects the replies, so the shards work on one logical request at the same time;
+        a worker sends its next request before it reads the reply to the last one.
         """
         length = self.check_length(parts)
         sock = self._open_socket()
@@ -100,6 +108,7 @@ class Connection:
         header = encode_header(opcode, self._request_id, length)
         with self._translated_errors():
             self._send(sock, [header, *parts], HEADER_SIZE + length)
+        self._awaiting.append(self._request_id)
 
     def check_length(self, parts: Sequence[Buffer]) -> int:
         """The body length, once it is known to fit this client's frame limit."""
@@ -112,10 +121,14 @@ class Connection:
         return length
 
     def finish(self, opcode: int, decode: Callable[[memoryview], T] = _no_body) -> T:
-        """Wait for the reply to the request :meth:`begin` sent and decode it."""
+        """Wait for the reply to the oldest request :meth:`begin` sent and decode it."""
+        sock = self._open_socket()  # a connection closed with requests in flight owes nothing
+        if not self._awaiting:
+            raise RuntimeError("finish() without a request in flight: begin() one first")
+        request_id = self._awaiting.popleft()
         with self._translated_errors():
-            reply, body = self._receive(self._open_socket())
-        self._check_reply(reply, body, opcode)
+            reply, body = self._receive(sock)
+        self._check_reply(reply, body, opcode, request_id)
         return decode(body)
 
     @contextmanager
@@ -133,6 +146,8 @@ class Connection:
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
+        self._awaiting.clear()
+        self._surplus = b""
         if sock is not None:
             sock.close()
 
@@ -203,7 +218,10 @@ class Connection:
 
     def _receive(self, sock: socket.socket) -> tuple[FrameHeader, memoryview]:
         view = self._view
-        received = 0
+        received = len(self._surplus)
+        if received:
+            view[:received] = self._surplus
+            self._surplus = b""
         while received < HEADER_SIZE:
             received += self._recv_into(sock, view[received:])
         try:
@@ -214,7 +232,9 @@ class Connection:
             raise
         total = HEADER_SIZE + header.body_length
         if received > total:
-            raise self._broken("the server sent more bytes than its reply frame holds")
+            if not self._awaiting:
+                raise self._broken("the server sent more bytes than its reply frame holds")
+            self._surplus = bytes(view[total:received])  # the start of the next reply
         if total > len(view):
             view = self._larger_view(total, received)
         while received < total:
@@ -237,7 +257,7 @@ class Connection:
             self._buffer, self._view = buffer, memoryview(buffer)
         return memoryview(buffer)
 
-    def _check_reply(self, reply: FrameHeader, body: memoryview, opcode: int) -> None:
+    def _check_reply(self, reply: FrameHeader, body: memoryview, opcode: int, request_id: int) -> None:
         self.stop_requested = bool(reply.flags & FLAG_STOP)
         if reply.status == Status.AUTH_FAILED:
             self.close()
@@ -245,10 +265,10 @@ class Connection:
                               f"{decode_text(body)}")
         if reply.status != Status.OK:
             raise PSError(decode_text(body))
-        if reply.opcode != opcode or reply.request_id != self._request_id:
+        if reply.opcode != opcode or reply.request_id != request_id:
             raise self._broken(
                 f"reply (opcode {reply.opcode}, id {reply.request_id}) does not answer the request "
-                f"(opcode {opcode}, id {self._request_id})"
+                f"(opcode {opcode}, id {request_id})"
             )
 
     def _broken(self, reason: str) -> PSConnectionError:

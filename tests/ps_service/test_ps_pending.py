@@ -1,15 +1,18 @@
 """start_pull / start_push_pull: requests in flight while the caller computes, on one
-server and on a sharded group, and what the client allows while one is in flight."""
+server and on a sharded group, and what the client allows while they are in flight
+(one more request behind the first, whose replies are read in order)."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
 
-from ps_service.client import PSClient
-from ps_service.errors import PSError
+from ps_service.client import MAX_IN_FLIGHT, PSClient
+from ps_service.connection import Connection
+from ps_service.errors import PSConnectionError, PSError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,18 +41,78 @@ def test_started_requests_answer_like_the_blocking_ones(address):
             np.testing.assert_array_equal(pending.wait(), expected)
 
 
-def test_the_starting_thread_must_wait_before_its_next_request(address):
+def test_the_starting_thread_must_wait_before_a_blocking_request_or_a_third(address):
     with PSClient(address) as client:
         client.create_table("w", 10, learning_rate=1.0)
         pending = client.start_push_pull("w", [1, 2], [1.0, 1.0], [1, 3])
         with pytest.raises(RuntimeError, match="wait"):
             client.pull("w", [1])
+        behind = client.start_pull("w", [1])
+        assert MAX_IN_FLIGHT == 2
         with pytest.raises(RuntimeError, match="wait"):
             client.start_pull("w", [1])
+        with pytest.raises(RuntimeError, match="order"):
+            behind.wait()
         np.testing.assert_array_equal(pending.wait()[:, 0], [-1.0, 0.0])
         with pytest.raises(RuntimeError, match="once"):
             pending.wait()
+        np.testing.assert_array_equal(behind.wait()[:, 0], [-1.0])
         np.testing.assert_array_equal(client.pull("w", [2])[:, 0], [-1.0])
+
+
+@pytest.mark.parametrize("rows", [3, 100_000], ids=["small", "larger than the receive buffer"])
+def test_a_request_sent_behind_another_sees_its_push_and_replies_come_in_order(address, rows):
+    """The replies may arrive together (here they have, after the pause); each is read
+    whole and the bytes of the next are kept for it."""
+    with PSClient(address) as client:
+        client.create_table("w", rows, width=2, learning_rate=1.0)
+        keys = np.arange(rows)
+        first = client.start_push_pull("w", keys, np.ones((rows, 2), np.float32), keys)
+        second = client.start_push_pull("w", keys, np.ones((rows, 2), np.float32), keys[::-1])
+        time.sleep(0.2)
+        np.testing.assert_array_equal(first.wait(), -np.ones((rows, 2)))
+        np.testing.assert_array_equal(second.wait(), np.full((rows, 2), -2.0))
+        assert client.status()["tables"]["w"]  # a blocking request: the connections are free again
+        np.testing.assert_array_equal(client.pull("w", [0])[0], [-2.0, -2.0])
+
+
+def test_a_request_too_large_to_send_behind_another_changes_nothing(address):
+    with PSClient(address, max_frame_bytes=4096) as client:
+        client.create_table("w", 2000, learning_rate=1.0)
+        pending = client.start_push_pull("w", [1], [1.0], [1])
+        with pytest.raises(ValueError, match="max_frame_bytes"):
+            client.start_pull("w", np.arange(2000))
+        np.testing.assert_array_equal(pending.wait()[:, 0], [-1.0])
+        np.testing.assert_array_equal(client.pull("w", [1])[:, 0], [-1.0])
+
+
+def test_a_failed_send_behind_a_request_loses_both_and_frees_the_client(address, monkeypatch):
+    """Part of a frame may have gone out: no reply can be matched to its request any more."""
+    with PSClient(address) as client:
+        client.create_table("w", 10, learning_rate=1.0)
+        pending = client.start_pull("w", [1])
+
+        def broken(self, opcode, parts):
+            raise PSConnectionError("the connection failed: broken pipe")
+
+        monkeypatch.setattr(Connection, "begin", broken)
+        with pytest.raises(PSConnectionError, match="broken pipe"):
+            client.start_pull("w", [2])
+        monkeypatch.undo()
+        with pytest.raises(PSConnectionError, match="lost"):
+            pending.wait()
+        other: list[BaseException] = []
+
+        def request() -> None:
+            try:
+                client.pull("w", [1])
+            except PSConnectionError as error:
+                other.append(error)
+
+        thread = threading.Thread(target=request)
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive() and "closed" in str(other[0])  # no lock left held
 
 
 def test_another_threads_request_waits_for_the_reply_in_flight(address):

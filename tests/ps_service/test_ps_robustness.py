@@ -459,6 +459,10 @@ def test_a_tls_server_serves_clients_that_trust_its_certificate(tls_server, tls_
         client.push("w", [1, 1, 1999], [[1, 2], [1, 2], [3, 3]])
         np.testing.assert_array_equal(client.pull("w", [1, 1999]), [[-2, -4], [-3, -3]])
         assert client.get_table("w").shape == (2_000, 2)  # a reply spanning many TLS records
+        first = client.start_push_pull("w", [1], [[1, 1]], np.arange(2_000))
+        second = client.start_pull("w", np.arange(2_000))  # its reply may come in the records of the first's
+        np.testing.assert_array_equal(first.wait()[1], [-3, -5])
+        np.testing.assert_array_equal(second.wait()[1], [-3, -5])
         status = client.status()
         assert status["tls"] is True and status["auth_failures"] == 0
     with pytest.raises(PSAuthError):
