@@ -30,6 +30,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -41,7 +43,7 @@ import numpy as np
 from cirrus_airflow.models import registry
 from cirrus_airflow.storage import Storage
 from lambda_pkg.data_iterator import Position, UnitReader, minibatches
-from ps_service.client import PendingReply, PSClient
+from ps_service.client import SEND_BEHIND_MAX_REPLY_BYTES, PendingReply, PSClient
 from ps_service.errors import PSAuthError, PSConnectionError, PSError
 
 log = logging.getLogger(__name__)
@@ -52,8 +54,8 @@ PROGRESS_S = 5.0
 # the last 1,000 of them. Per time, not per step, so their cost and the span the server keeps
 # do not depend on how fast steps are (every 20 steps was 50 reports a second a worker).
 REPORT_S = 0.5
-# The share of the function's memory that may hold decoded row groups for the epochs after
-# the first (``UnitReader``); the rest is the runtime's, the read-ahead's and the step's.
+# The share of the function's memory left beside the runtime that may hold decoded row groups
+# for the epochs after the first (``UnitReader``); the rest is the read-ahead's and the step's.
 DECODED_CACHE_SHARE = 0.5
 
 
@@ -129,7 +131,8 @@ class _Loop:
     gradient: the kernel and the server carry it meanwhile, so no thread of this
     process shares the interpreter with the arithmetic. Steps that need the connection
     free (a loss report, a journal entry, a read that may wait on storage, the last
-    step) read the reply before sending; the others send first.
+    step) read the reply before sending, as do steps whose reply in flight is too large
+    to wait unread while the next request is sent; the others send first.
     """
 
     def __init__(self, ps: PSClient, table: str, make_batch: Any, journal: _Journal, worker: int, *,
@@ -162,7 +165,9 @@ class _Loop:
                     ahead.weights, in_flight = self._collect(in_flight, trained)
                 after = None if ahead is None else self._step(next(batches, None))
                 reason = None if ahead is None else stop_reason()
-                if in_flight is not None and after is not None and reason is None and self._quiet():
+                owed = 0 if in_flight is None else len(ahead.batch.keys) * current.weights[:1].nbytes  # reply bytes
+                if in_flight is not None and after is not None and reason is None and self._quiet() \
+                        and owed <= SEND_BEHIND_MAX_REPLY_BYTES:
                     behind = self.ps.start_push_pull(self.table, current.batch.keys, grad, after.batch.keys)
                     self._count(current, loss_sum)
                     ahead.weights = in_flight.wait()  # the journal waits for a step that reads first
@@ -272,10 +277,25 @@ def _heartbeats(ps: PSClient, every_s: float = HEARTBEAT_S) -> Iterator[None]:
 
 
 def _cache_budget(context: Any) -> int:
-    """Bytes of decoded row groups this invocation may keep: a share of its memory size
-    (Lambda's ``memory_limit_in_mb``); none when it runs without a Lambda context."""
+    """Bytes of decoded row groups this invocation may keep: a share of what its memory size
+    (Lambda's ``memory_limit_in_mb``) leaves beside the runtime as it stands (the interpreter,
+    numpy and pyarrow take some 65-125 MB); none without a Lambda context."""
     memory_mb = getattr(context, "memory_limit_in_mb", None)
-    return 0 if memory_mb is None else int(float(memory_mb) * DECODED_CACHE_SHARE * 2**20)
+    if memory_mb is None:
+        return 0
+    return int(max(0.0, float(memory_mb) * 2**20 - _resident_bytes()) * DECODED_CACHE_SHARE)
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory now (Linux); its peak so far elsewhere."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource  # Unix only, as is a Lambda runtime
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, kB elsewhere
 
 
 def _stop_reason(ps: PSClient, context: Any, deadline: float | None, margin_ms: int) -> str | None:

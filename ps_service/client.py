@@ -44,6 +44,11 @@ T = TypeVar("T")
 # Requests one thread may have sent before reading the first reply: a worker sends its next
 # push/pull before it reads the reply to the last, so a late reply costs it less.
 MAX_IN_FLIGHT = 2
+# The reply owed when a request is sent behind another should be at most this large. The
+# client does not read while it sends, and a server whose replies back up stops reading its
+# requests, so a larger reply could stall both until the timeout; this much fits Linux's
+# default socket receive buffer (tcp_rmem, 128 kB) with room to spare.
+SEND_BEHIND_MAX_REPLY_BYTES = 64 * 1024
 _TRAFFIC_FIELDS = ("requests", "errors", "bad_frames", "auth_failures", "bytes_in", "bytes_out",
                    "keys_in", "keys_out", "clients")
 
@@ -62,7 +67,8 @@ class PendingReply(Generic[T]):
     Until :meth:`wait`, the client's connections belong to the thread that sent it. That
     thread may send one more ``start_pull``/``start_push_pull`` behind it (``MAX_IN_FLIGHT``
     in all; each server answers in order, so the later request sees the earlier one's
-    push, and the replies are read in the order they were asked for); a blocking request
+    push, and the replies are read in the order they were asked for), when the reply it
+    owes is small (``SEND_BEHIND_MAX_REPLY_BYTES``); a blocking request
     from it is refused (it would wait for itself); one from another thread waits, and a
     heartbeat is skipped. Call :meth:`wait` soon, and before anything that may block for
     long (a read from storage): the server sees the worker alive only when a frame arrives.
@@ -186,6 +192,8 @@ class PSClient:
         key_array = as_keys(keys)
         if self._shards == 1:
             return self._start(Opcode.PULL, [encode_table_request(name, keys=key_array)], _only)
+        if not self._mine():
+            self._table_shape(name)  # known now, while nothing is in flight: a push/pull behind needs it
         split = split_keys(key_array, self._shards)
         parts = [encode_table_request(name, keys=local) for local in split.local_keys]
         return self._start(Opcode.PULL, parts, lambda replies: self._gathered(split, replies))
@@ -430,6 +438,10 @@ class PSClient:
     def _table_shape(self, name: str) -> tuple[int, int] | None:
         """The table's global (size, width), from create_table or, once per table, the first shard's status."""
         if name not in self._shapes:
+            if self._mine():
+                raise RuntimeError(f"table {name!r}: this client does not know its shape yet and cannot ask with "
+                                   "a request in flight; pull from it (or create it) before sending requests "
+                                   "behind others")
             tables = self._one(Opcode.STATUS, [], decode_json)["tables"]
             self._shapes.update({table: (int(document["spec"]["size"]), int(document["spec"]["width"]))
                                  for table, document in tables.items()})

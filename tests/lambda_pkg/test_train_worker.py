@@ -14,7 +14,8 @@ from cirrus_airflow.models.logistic import Minibatch
 from cirrus_airflow.shards import SparseRows, write_shard
 from cirrus_airflow.storage import Storage
 from lambda_pkg.data_iterator import READ_AHEAD, READ_AHEAD_NICENESS, Position, UnitReader, minibatches
-from lambda_pkg.train_worker import _Journal, _Loop, worker_task
+from lambda_pkg import train_worker
+from lambda_pkg.train_worker import _cache_budget, _Journal, _Loop, _resident_bytes, worker_task
 from ps_service.client import PSClient
 from ps_service.server import ParameterServer
 
@@ -179,12 +180,20 @@ def test_a_worker_reads_its_share_once_when_its_memory_holds_it(tmp_path, server
     with PSClient(server.address, token="t0ken") as client:
         for table in ("w", "w2"):
             client.create_table(table, size=DIM + 1, optimizer="sgd", learning_rate=0.5)
-    sized = worker_task(_event(server, units, epochs=3), _Sized("128"))
+    room_mb = 64  # beside the test process's own memory: the budget is half of it
+    sized = worker_task(_event(server, units, epochs=3), _Sized(str((_resident_bytes() >> 20) + room_mb)))
     unsized = worker_task(_event(server, units, table="w2", epochs=3), _Clock(calls=10**9))
     assert sized["examples"] == unsized["examples"] == 3 * 500
     # Each row group once, and the shards' footers (each read-ahead thread opens those it reads).
     assert len(units) + 2 <= sized["storage_requests"]["get"] <= len(units) + 2 * READ_AHEAD
     assert unsized["storage_requests"]["get"] > 3 * len(units)
+
+
+def test_the_cache_budget_is_half_of_what_the_runtime_leaves():
+    resident_mb = _resident_bytes() / 2**20
+    assert _cache_budget(_Sized(str(int(resident_mb) + 101))) / 2**20 == pytest.approx(50, abs=1)
+    assert _cache_budget(_Sized(str(int(resident_mb) // 2))) == 0  # the runtime alone fills it
+    assert _cache_budget(None) == 0
 
 
 class _GatedReader:
@@ -269,30 +278,34 @@ def test_nothing_is_in_flight_while_the_worker_may_wait_on_storage(tmp_path, ser
 def test_sending_before_reading_leaves_the_weights_no_staler(tmp_path, server, monkeypatch):
     """The server answers in order, so each step's pull still follows the step before's push:
     with SGD the model comes out the same to the bit whether a step sends its push/pull before
-    it reads the reply in flight or after."""
+    it reads the reply in flight or after (as it does when that reply is too large to wait)."""
     units = [tuple(u) for u in _shards(tmp_path, n_shards=1, rows=300)]  # 30 steps over 2 epochs
-    tables, behind = {}, {True: 0, False: 0}
-    for overlap in (True, False):
-        with PSClient(server.address, token="t0ken") as ps:
-            table = f"w{overlap}"
+    modes = ("send first", "read first", "reply too large")
+    tables, behind = {}, dict.fromkeys(modes, 0)
+    for mode in modes:
+        with PSClient(server.address, token="t0ken") as ps, monkeypatch.context() as patch:
+            table = f"w{modes.index(mode)}"
             ps.create_table(table, size=DIM + 1, optimizer="sgd", learning_rate=0.5)
 
-            def counting(*args, _send=ps.start_push_pull, _ps=ps, _overlap=overlap):
-                behind[_overlap] += bool(_ps._in_flight)
+            def counting(*args, _send=ps.start_push_pull, _ps=ps, _mode=mode):
+                behind[_mode] += bool(_ps._in_flight)
                 return _send(*args)
 
-            monkeypatch.setattr(ps, "start_push_pull", counting)
+            patch.setattr(ps, "start_push_pull", counting)
             loop = _Loop(ps, table, lambda rows: Minibatch.of(rows, DIM), _Journal(Storage(), None, 0, 0, every_s=5),
                          0, report_interval_s=3600)
-            if not overlap:
-                monkeypatch.setattr(loop, "_quiet", lambda: False)
+            if mode == "read first":
+                patch.setattr(loop, "_quiet", lambda: False)
+            if mode == "reply too large":
+                patch.setattr(train_worker, "SEND_BEHIND_MAX_REPLY_BYTES", 4)  # one weight: every reply is larger
             batches = minibatches(units, reader=UnitReader(Storage()), minibatch=20, epochs=2, seed=1, worker=0,
                                   start=Position())
             assert loop.run(batches, lambda: None, Position()) == ("done", None)
-            tables[overlap] = ps.get_table(table)
-    np.testing.assert_array_equal(tables[True], tables[False])
+            tables[mode] = ps.get_table(table)
+    for mode in modes[1:]:
+        np.testing.assert_array_equal(tables[modes[0]], tables[mode])
     # Sent behind a request: every step but the last and those whose next read starts a row group.
-    assert behind == {True: 30 - 1 - 6, False: 0}
+    assert behind == {"send first": 30 - 1 - 6, "read first": 0, "reply too large": 0}
 
 
 @pytest.mark.parametrize("interval_s, reports", [(0.0, 30), (3600.0, 1)])

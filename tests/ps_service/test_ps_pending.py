@@ -76,6 +76,23 @@ def test_a_request_sent_behind_another_sees_its_push_and_replies_come_in_order(a
         np.testing.assert_array_equal(client.pull("w", [0])[0], [-2.0, -2.0])
 
 
+def test_a_fresh_client_sends_a_push_pull_behind_its_first_pull(address):
+    """A worker's client never created the table: a group's client learns its shape with the
+    first pull, as a push/pull sent behind it cannot ask."""
+    with PSClient(address) as admin, PSClient(address) as worker:
+        admin.create_table("w", 10, learning_rate=1.0)
+        pulled = worker.start_pull("w", [1, 2])
+        pushed = worker.start_push_pull("w", [1, 2], [1.0, 2.0], [2, 3])
+        np.testing.assert_array_equal(pulled.wait()[:, 0], [0.0, 0.0])
+        np.testing.assert_array_equal(pushed.wait()[:, 0], [-2.0, 0.0])
+        if "," in address:  # a group checks a push against the table's shape, which it must ask for
+            admin.create_table("other", 10, learning_rate=1.0)  # after the worker learnt the shapes
+            pulled = worker.start_pull("w", [1])
+            with pytest.raises(RuntimeError, match="'other'.*pull from it"):
+                worker.start_push_pull("other", [1], [1.0], [1])
+            pulled.wait()
+
+
 def test_a_request_too_large_to_send_behind_another_changes_nothing(address):
     with PSClient(address, max_frame_bytes=4096) as client:
         client.create_table("w", 2000, learning_rate=1.0)
