@@ -242,7 +242,7 @@ class _Journal:
         return self.uri is not None and now >= self.next_at
 
     def note(self, position: Position | None, stats: dict, *, final: bool = False) -> None:
-        if not (final or self.due(time.monotonic())) or self.uri is None:
+        if self.uri is None or not (final or self.due(time.monotonic())):
             return
         self.next_at = time.monotonic() + self.every_s
         self.writes += 1
