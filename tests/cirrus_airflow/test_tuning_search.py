@@ -112,7 +112,10 @@ def test_bad_searches_are_refused_before_anything_runs(shards, tmp_path, executo
 
 
 def test_a_kill_request_from_another_process_stops_the_search(shards, tmp_path, executors):
-    search = _search(shards, tmp_path / "tune", executors, early_stopping="none", concurrency=1)
+    # Long runs: the kill must land while the first configuration trains (workers keep their
+    # decoded rows, and 40 epochs of these ratings can end before the first progress point).
+    search = _search(shards, tmp_path / "tune", executors, early_stopping="none", concurrency=1,
+                     base={**BASE, "epochs": 400})
     asked = []
 
     def kill_once(point):  # `tune kill RUN` from another process, once
@@ -152,7 +155,7 @@ def test_the_command_line_tunes_with_a_grid_and_prints_json(shards, tmp_path):
 def test_while_it_runs_the_search_publishes_live_state_with_spending(shards, tmp_path, executors):
     out = tmp_path / "tune"
     search = _search(shards, out, executors, early_stopping="none", concurrency=1,
-                     configs=[{"learning_rate": 0.05}, {"learning_rate": 0.1}])
+                     configs=[{"learning_rate": 0.05}, {"learning_rate": 0.1}], base={**BASE, "epochs": 200})
     seen = []
 
     def look(point):
